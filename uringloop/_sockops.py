@@ -1,0 +1,149 @@
+"""The ``loop.sock_*`` coroutines, each one io_uring operation resolving a future."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from asyncio import base_events
+from collections.abc import Callable
+from typing import Any
+
+from . import _sockaddr
+from ._ring import F_MORE, Ring
+from ._uring import ffi, lib
+
+__all__ = ["SockOpsMixin"]
+
+
+class _OneShot:
+    """One operation: holds its buffers until the final CQE, then resolves its future."""
+
+    __slots__ = ("ring", "fut", "keep", "convert", "ud", "orphan")
+
+    def __init__(
+        self, ring: Ring, fut: asyncio.Future[Any], keep: Any, convert: Callable[[int], Any],
+        orphan: Callable[[int], None] | None = None,
+    ) -> None:
+        self.ring = ring
+        self.orphan = orphan
+        self.fut = fut
+        self.keep = keep
+        self.convert = convert
+        self.ud = ring.register(self._on_cqe)
+        fut.add_done_callback(self._on_done)
+
+    def _on_cqe(self, res: int, flags: int) -> None:
+        if flags & F_MORE:
+            return
+        self.ring.unregister(self.ud)
+        self.keep = None
+        fut = self.fut
+        if fut.done():
+            if res >= 0 and self.orphan is not None:
+                self.orphan(res)  # e.g. close an fd accepted after the caller gave up
+            return
+        if res < 0:
+            fut.set_exception(OSError(-res, os.strerror(-res)))
+        else:
+            try:
+                fut.set_result(self.convert(res))
+            except BaseException as exc:  # conversion failed (e.g. fd wrap): report it
+                fut.set_exception(exc)
+
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        # A cancelled await must cancel the kernel operation; buffers stay until its CQE.
+        if fut.cancelled() and self.ud in self.ring.handlers and not self.ring.closed:
+            lib.ul_prep_cancel(self.ring.ptr, self.ud, 0)
+
+
+def _identity(res: int) -> int:
+    return res
+
+
+class SockOpsMixin:
+    """``sock_recv``, ``sock_sendall``, ``sock_connect``... for :class:`uringloop.Loop`."""
+
+    _ring: Ring
+
+    def _check_sock(self, sock: socket.socket) -> None:
+        base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:  # type: ignore[attr-defined]
+            raise ValueError("the socket must be non-blocking")
+
+    def _oneshot(
+        self,
+        prep: Callable[[Any, int], int],
+        keep: Any,
+        convert: Callable[[int], Any] = _identity,
+        orphan: Callable[[int], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.create_future()  # type: ignore[attr-defined]
+        op = _OneShot(self._ring, fut, keep, convert, orphan)
+        rc = prep(self._ring.ptr, op.ud)
+        if rc < 0:
+            self._ring.unregister(op.ud)
+            fut.set_exception(OSError(-rc, os.strerror(-rc)))
+        return fut
+
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        self._check_sock(sock)
+        n = int(n)
+        if n < 0:
+            raise ValueError("negative buffersize in recv")
+        buf = bytearray(n)
+        cbuf = ffi.from_buffer(buf)
+        fd = sock.fileno()
+        got = await self._oneshot(lambda r, ud: lib.ul_prep_recv(r, fd, ud, cbuf, n, 0), cbuf)
+        return bytes(memoryview(buf)[:got])
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        self._check_sock(sock)
+        view = memoryview(buf).cast("B")
+        cbuf = ffi.from_buffer(view, require_writable=True)
+        fd, n = sock.fileno(), view.nbytes
+        return await self._oneshot(  # type: ignore[no-any-return]
+            lambda r, ud: lib.ul_prep_recv(r, fd, ud, cbuf, n, 0), (cbuf, view)
+        )
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        self._check_sock(sock)
+        view = memoryview(data).cast("B")
+        cbuf = ffi.from_buffer(view)
+        fd, total, off = sock.fileno(), view.nbytes, 0
+        while off < total:
+            start = off
+            sent = await self._oneshot(
+                lambda r, ud: lib.ul_prep_send(r, fd, ud, cbuf + start, total - start, 0),
+                (cbuf, view),
+            )
+            off += sent
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        self._check_sock(sock)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            resolved = await self._ensure_resolved(  # type: ignore[attr-defined]
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            address = resolved[0][4]
+        raw = _sockaddr.encode(sock.family, address)
+        craw = ffi.from_buffer(raw)
+        fd, n = sock.fileno(), len(raw)
+        await self._oneshot(lambda r, ud: lib.ul_prep_connect(r, fd, ud, craw, n), craw)
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        self._check_sock(sock)
+        addr = ffi.new("char[]", _sockaddr.SOCKADDR_MAX)
+        alen = ffi.new("unsigned int *", _sockaddr.SOCKADDR_MAX)
+        family, stype, proto = sock.family, sock.type, sock.proto
+
+        def wrap(fd: int) -> tuple[socket.socket, Any]:
+            conn = socket.socket(family, stype, proto, fileno=fd)
+            conn.setblocking(False)
+            raw = ffi.buffer(addr, alen[0])[:]
+            return conn, (_sockaddr.decode(raw) if len(raw) >= 2 else "")
+
+        fd = sock.fileno()
+        return await self._oneshot(  # type: ignore[no-any-return]
+            lambda r, ud: lib.ul_prep_accept(r, fd, ud, 0, addr, alen), (addr, alen), wrap, os.close
+        )

@@ -1,0 +1,657 @@
+/* uringloop C core: raw-syscall io_uring ring mechanics.
+ *
+ * This file knows nothing about Python objects or asyncio. It sets a ring up (probing
+ * the best flags this kernel accepts), preps one SQE per operation, submits and waits
+ * in one io_uring_enter, and copies completions into plain arrays for Python to read.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <linux/time_types.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "_uring.h"
+
+/* Constants newer than the Linux 6.1 header this is built against. */
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16)
+#endif
+#ifndef IORING_FEAT_REG_REG_RING
+#define IORING_FEAT_REG_REG_RING (1U << 13)
+#endif
+#ifndef IORING_ENTER_REGISTERED_RING
+#define IORING_ENTER_REGISTERED_RING (1U << 4)
+#endif
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
+#endif
+
+#define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+struct ul_ring {
+    int fd;
+    int enter_fd;          /* registered index when enter_flags has REGISTERED_RING */
+    unsigned enter_flags;  /* extra flags for every enter */
+    unsigned setup_flags;
+    unsigned features;
+    int forked;
+    int disabled;          /* created with R_DISABLED; enabled by the first enter */
+    /* submission queue */
+    unsigned *sq_khead, *sq_ktail, *sq_kflags;
+    unsigned sq_mask, sq_entries;
+    struct io_uring_sqe *sqes;
+    unsigned sqe_tail;     /* our tail: SQEs prepped */
+    unsigned sqe_flushed;  /* tail value already published to the kernel */
+    /* completion queue */
+    unsigned *cq_khead, *cq_ktail;
+    unsigned cq_mask, cq_entries;
+    struct io_uring_cqe *cqes;
+    /* mappings */
+    void *sq_ptr, *cq_ptr;
+    size_t sq_sz, cq_sz, sqes_sz;
+    /* provided-buffer ring */
+    struct io_uring_buf_ring *br;
+    size_t br_sz;
+    char *bufs;
+    size_t bufs_sz;
+    unsigned nbufs, bufsize, br_mask;
+    unsigned short br_tail, bgid;
+    unsigned short *recycle;
+    unsigned nrecycle;
+    /* counters */
+    uint64_t n_enter, n_submitted, n_cqe, n_overflow;
+};
+
+static int sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags,
+                     void *arg, size_t argsz)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
+}
+
+static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
+{
+    return (int)syscall(__NR_io_uring_register, fd, op, arg, nr);
+}
+
+static const unsigned flag_chain[] = {
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_NO_SQARRAY | IORING_SETUP_R_DISABLED,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+    IORING_SETUP_SUBMIT_ALL,
+    0,
+};
+
+static void unmap_all(ul_ring *r)
+{
+    if (r->sqes && r->sqes != MAP_FAILED)
+        munmap(r->sqes, r->sqes_sz);
+    if (r->cq_ptr && r->cq_ptr != MAP_FAILED && r->cq_ptr != r->sq_ptr)
+        munmap(r->cq_ptr, r->cq_sz);
+    if (r->sq_ptr && r->sq_ptr != MAP_FAILED)
+        munmap(r->sq_ptr, r->sq_sz);
+    r->sqes = NULL;
+    r->sq_ptr = r->cq_ptr = NULL;
+}
+
+static int map_rings(ul_ring *r, struct io_uring_params *p)
+{
+    r->sq_sz = p->sq_off.array + p->sq_entries * sizeof(unsigned);
+    if (r->setup_flags & IORING_SETUP_NO_SQARRAY)
+        r->sq_sz = p->sq_off.flags + sizeof(unsigned) * 4;
+    r->cq_sz = p->cq_off.cqes + p->cq_entries * sizeof(struct io_uring_cqe);
+    if (p->features & IORING_FEAT_SINGLE_MMAP) {
+        if (r->cq_sz > r->sq_sz)
+            r->sq_sz = r->cq_sz;
+        r->cq_sz = r->sq_sz;
+    }
+    r->sq_ptr = mmap(NULL, r->sq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                     IORING_OFF_SQ_RING);
+    if (r->sq_ptr == MAP_FAILED)
+        return -errno;
+    if (p->features & IORING_FEAT_SINGLE_MMAP) {
+        r->cq_ptr = r->sq_ptr;
+    } else {
+        r->cq_ptr = mmap(NULL, r->cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                         r->fd, IORING_OFF_CQ_RING);
+        if (r->cq_ptr == MAP_FAILED)
+            return -errno;
+    }
+    r->sqes_sz = p->sq_entries * sizeof(struct io_uring_sqe);
+    r->sqes = mmap(NULL, r->sqes_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                   IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED)
+        return -errno;
+    char *sq = r->sq_ptr, *cq = r->cq_ptr;
+    r->sq_khead = (unsigned *)(sq + p->sq_off.head);
+    r->sq_ktail = (unsigned *)(sq + p->sq_off.tail);
+    r->sq_kflags = (unsigned *)(sq + p->sq_off.flags);
+    r->sq_mask = *(unsigned *)(sq + p->sq_off.ring_mask);
+    r->sq_entries = p->sq_entries;
+    if (!(r->setup_flags & IORING_SETUP_NO_SQARRAY)) {
+        unsigned *array = (unsigned *)(sq + p->sq_off.array);
+        for (unsigned i = 0; i < p->sq_entries; i++)
+            array[i] = i; /* identity map: SQE slot i is array entry i */
+    }
+    r->cq_khead = (unsigned *)(cq + p->cq_off.head);
+    r->cq_ktail = (unsigned *)(cq + p->cq_off.tail);
+    r->cq_mask = *(unsigned *)(cq + p->cq_off.ring_mask);
+    r->cq_entries = p->cq_entries;
+    r->cqes = (struct io_uring_cqe *)(cq + p->cq_off.cqes);
+    r->sqe_tail = r->sqe_flushed = *r->sq_ktail;
+    return 0;
+}
+
+ul_ring *ul_ring_create(unsigned entries, unsigned cq_entries, int *err)
+{
+    int first_err = 0;
+    ul_ring *r = calloc(1, sizeof(*r));
+    if (!r) {
+        *err = ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof(flag_chain) / sizeof(flag_chain[0]); i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof(p));
+        p.flags = flag_chain[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+        p.cq_entries = cq_entries;
+        int fd = sys_setup(entries, &p);
+        if (fd < 0) {
+            int e = errno;
+            if (e != EINVAL) { /* EPERM, ENOSYS, ENOMEM: no flag change will help */
+                first_err = e;
+                break;
+            }
+            if (!first_err)
+                first_err = e;
+            continue;
+        }
+        r->fd = fd;
+        r->enter_fd = fd;
+        r->setup_flags = p.flags;
+        r->features = p.features;
+        r->disabled = (p.flags & IORING_SETUP_R_DISABLED) != 0;
+        int rc = map_rings(r, &p);
+        if (rc < 0) {
+            unmap_all(r);
+            close(fd);
+            first_err = -rc;
+            break;
+        }
+        /* Register the ring fd itself: saves an fd lookup on every enter. */
+        struct io_uring_rsrc_update up = {.offset = (unsigned)-1, .data = (uint64_t)fd};
+        if (sys_register(fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
+            r->enter_fd = (int)up.offset;
+            r->enter_flags = IORING_ENTER_REGISTERED_RING;
+        }
+        return r;
+    }
+    free(r);
+    *err = first_err ? first_err : EINVAL;
+    return NULL;
+}
+
+void ul_ring_destroy(ul_ring *r)
+{
+    if (!r)
+        return;
+    unmap_all(r);
+    if (r->br)
+        munmap(r->br, r->br_sz);
+    if (r->bufs)
+        munmap(r->bufs, r->bufs_sz);
+    free(r->recycle);
+    if (r->fd >= 0)
+        close(r->fd);
+    free(r);
+}
+
+int ul_ring_fd(ul_ring *r) { return r->fd; }
+unsigned ul_ring_setup_flags(ul_ring *r) { return r->setup_flags; }
+unsigned ul_ring_features(ul_ring *r) { return r->features; }
+unsigned ul_ring_sq_entries(ul_ring *r) { return r->sq_entries; }
+unsigned ul_ring_cq_entries(ul_ring *r) { return r->cq_entries; }
+void ul_ring_mark_forked(ul_ring *r) { r->forked = 1; }
+
+int ul_probe_ops(ul_ring *r, unsigned char *supported, int n)
+{
+    size_t sz = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *p = calloc(1, sz);
+    if (!p)
+        return -ENOMEM;
+    int rc = sys_register(r->fd, IORING_REGISTER_PROBE, p, 256);
+    if (rc < 0) {
+        rc = -errno;
+        free(p);
+        return rc;
+    }
+    for (int i = 0; i < n; i++)
+        supported[i] = 0;
+    for (int i = 0; i < p->ops_len && i < 256; i++) {
+        unsigned op = p->ops[i].op;
+        if ((int)op < n && (p->ops[i].flags & IO_URING_OP_SUPPORTED))
+            supported[op] = 1;
+    }
+    rc = p->last_op;
+    free(p);
+    return rc;
+}
+
+int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize)
+{
+    if (r->br || nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
+        return -EINVAL;
+    long page = sysconf(_SC_PAGESIZE);
+    r->br_sz = ((nbufs * sizeof(struct io_uring_buf)) + page - 1) & ~(size_t)(page - 1);
+    r->br = mmap(NULL, r->br_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r->br == MAP_FAILED) {
+        r->br = NULL;
+        return -errno;
+    }
+    r->bufs_sz = (size_t)nbufs * bufsize;
+    r->bufs = mmap(NULL, r->bufs_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r->bufs == MAP_FAILED) {
+        r->bufs = NULL;
+        return -errno;
+    }
+    r->recycle = calloc(nbufs, sizeof(unsigned short));
+    if (!r->recycle)
+        return -ENOMEM;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)r->br;
+    reg.ring_entries = nbufs;
+    reg.bgid = bgid;
+    if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
+        return -errno;
+    r->nbufs = nbufs;
+    r->bufsize = bufsize;
+    r->br_mask = nbufs - 1;
+    r->bgid = bgid;
+    for (unsigned i = 0; i < nbufs; i++) {
+        struct io_uring_buf *b = &r->br->bufs[i];
+        b->addr = (uint64_t)(uintptr_t)(r->bufs + (size_t)i * bufsize);
+        b->len = bufsize;
+        b->bid = (unsigned short)i;
+    }
+    r->br_tail = (unsigned short)nbufs;
+    store_release(&r->br->tail, r->br_tail);
+    return 0;
+}
+
+void *ul_pbuf_base(ul_ring *r) { return r->bufs; }
+
+int ul_register_buffers(ul_ring *r, void **addrs, size_t *lens, unsigned n)
+{
+    struct iovec *iov = calloc(n ? n : 1, sizeof(*iov));
+    if (!iov)
+        return -ENOMEM;
+    for (unsigned i = 0; i < n; i++) {
+        iov[i].iov_base = addrs[i];
+        iov[i].iov_len = lens[i];
+    }
+    int rc = sys_register(r->fd, IORING_REGISTER_BUFFERS, iov, n);
+    if (rc < 0)
+        rc = -errno;
+    free(iov);
+    return rc;
+}
+
+int ul_unregister_buffers(ul_ring *r)
+{
+    return sys_register(r->fd, IORING_UNREGISTER_BUFFERS, NULL, 0) < 0 ? -errno : 0;
+}
+
+/* ---- submission ---- */
+
+static int enable_if_needed(ul_ring *r)
+{
+    if (!r->disabled)
+        return 0;
+    if (sys_register(r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+        return -errno;
+    r->disabled = 0;
+    return 0;
+}
+
+static int flush_submit(ul_ring *r, unsigned min_complete, unsigned flags, void *arg, size_t argsz)
+{
+    if (r->forked)
+        return -EBADFD;
+    int rc = enable_if_needed(r);
+    if (rc < 0)
+        return rc;
+    unsigned to_submit = r->sqe_tail - r->sqe_flushed;
+    store_release(r->sq_ktail, r->sqe_tail);
+    r->n_enter++;
+    int ret = sys_enter(r->enter_fd, to_submit, min_complete, flags | r->enter_flags, arg, argsz);
+    if (ret < 0)
+        return -errno;
+    r->sqe_flushed += (unsigned)ret;
+    r->n_submitted += (unsigned)ret;
+    return ret;
+}
+
+static struct io_uring_sqe *get_sqe(ul_ring *r)
+{
+    unsigned head = load_acquire(r->sq_khead);
+    if (r->sqe_tail - head >= r->sq_entries) {
+        /* SQ full: hand the batch to the kernel (no waiting) and retry once. */
+        flush_submit(r, 0, 0, NULL, 0);
+        head = load_acquire(r->sq_khead);
+        if (r->sqe_tail - head >= r->sq_entries)
+            return NULL;
+    }
+    struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+    memset(sqe, 0, sizeof(*sqe));
+    r->sqe_tail++;
+    return sqe;
+}
+
+#define GET_SQE(r, sqe)                  \
+    struct io_uring_sqe *sqe = get_sqe(r); \
+    if (!sqe)                              \
+        return -EBUSY;
+
+int ul_prep_nop(ul_ring *r, uint64_t ud)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_NOP;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_accept(ul_ring *r, int fd, uint64_t ud, int multishot, void *addr, void *addrlen)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
+    sqe->addr2 = (uint64_t)(uintptr_t)addrlen;
+    sqe->accept_flags = SOCK_CLOEXEC | SOCK_NONBLOCK;
+    if (multishot)
+        sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_connect(ul_ring *r, int fd, uint64_t ud, const void *addr, unsigned addrlen)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_CONNECT;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
+    sqe->off = addrlen;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_recv(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, int msg_flags)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->msg_flags = (unsigned)msg_flags;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_recv_multishot(ul_ring *r, int fd, uint64_t ud, unsigned short bgid)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = fd;
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = bgid;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_send(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len, int msg_flags)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->msg_flags = (unsigned)msg_flags | MSG_NOSIGNAL;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_send_zc(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len,
+                    int msg_flags, unsigned zc_flags, unsigned buf_index)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_SEND_ZC;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->msg_flags = (unsigned)msg_flags;
+    sqe->ioprio = (unsigned short)zc_flags;
+    sqe->buf_index = (unsigned short)buf_index;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, const void *msghdr, int msg_flags, int zc,
+                    unsigned zc_flags)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = zc ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)msghdr;
+    sqe->len = 1;
+    sqe->msg_flags = (unsigned)msg_flags | MSG_NOSIGNAL;
+    if (zc)
+        sqe->ioprio = (unsigned short)zc_flags;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, void *msghdr, int msg_flags)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_RECVMSG;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)msghdr;
+    sqe->len = 1;
+    sqe->msg_flags = (unsigned)msg_flags;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_read(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, uint64_t off)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_READ;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->off = off;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_write(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len, uint64_t off)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_WRITE;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->off = off;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_shutdown(ul_ring *r, int fd, uint64_t ud, int how)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_SHUTDOWN;
+    sqe->fd = fd;
+    sqe->len = (unsigned)how;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_cancel(ul_ring *r, uint64_t target, uint64_t ud)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_cancel_fd(ul_ring *r, int fd, uint64_t ud)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = fd;
+    sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_poll(ul_ring *r, int fd, uint64_t ud, unsigned events, int multishot)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = fd;
+    sqe->poll32_events = events;
+    if (multishot)
+        sqe->len = IORING_POLL_ADD_MULTI;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_poll_remove(ul_ring *r, uint64_t target, uint64_t ud)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_POLL_REMOVE;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_splice(ul_ring *r, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
+                   unsigned len, unsigned splice_flags, uint64_t ud, int link)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_SPLICE;
+    sqe->fd = fd_out;
+    sqe->off = (uint64_t)off_out;
+    sqe->splice_fd_in = fd_in;
+    sqe->splice_off_in = (uint64_t)off_in;
+    sqe->len = len;
+    sqe->splice_flags = splice_flags;
+    if (link)
+        sqe->flags = IOSQE_IO_LINK;
+    sqe->user_data = ud;
+    return 0;
+}
+
+/* ---- completion ---- */
+
+static void recycle_buffers(ul_ring *r)
+{
+    if (!r->nrecycle)
+        return;
+    unsigned short tail = r->br_tail;
+    for (unsigned i = 0; i < r->nrecycle; i++) {
+        unsigned short bid = r->recycle[i];
+        struct io_uring_buf *b = &r->br->bufs[(unsigned short)(tail + i) & r->br_mask];
+        b->addr = (uint64_t)(uintptr_t)(r->bufs + (size_t)bid * r->bufsize);
+        b->len = r->bufsize;
+        b->bid = bid;
+    }
+    r->br_tail = (unsigned short)(tail + r->nrecycle);
+    r->nrecycle = 0;
+    store_release(&r->br->tail, r->br_tail);
+}
+
+static unsigned cq_ready(ul_ring *r)
+{
+    return load_acquire(r->cq_ktail) - *r->cq_khead;
+}
+
+int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
+           uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max)
+{
+    if (r->forked)
+        return -EBADFD;
+    recycle_buffers(r);
+    unsigned ready = cq_ready(r);
+    if (ready)
+        wait_nr = 0;
+    unsigned sqflags = load_acquire(r->sq_kflags);
+    int need_enter = (r->sqe_tail != r->sqe_flushed) || wait_nr ||
+                     (sqflags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) || r->disabled;
+    if (need_enter) {
+        unsigned eflags = IORING_ENTER_GETEVENTS;
+        struct io_uring_getevents_arg arg;
+        struct __kernel_timespec ts;
+        void *argp = NULL;
+        size_t argsz = 0;
+        if (wait_nr && timeout_ns >= 0 && (r->features & IORING_FEAT_EXT_ARG)) {
+            ts.tv_sec = timeout_ns / 1000000000LL;
+            ts.tv_nsec = timeout_ns % 1000000000LL;
+            memset(&arg, 0, sizeof(arg));
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+            argp = &arg;
+            argsz = sizeof(arg);
+            eflags |= IORING_ENTER_EXT_ARG;
+        }
+        if (sqflags & IORING_SQ_CQ_OVERFLOW)
+            r->n_overflow++;
+        int ret = flush_submit(r, wait_nr, eflags, argp, argsz);
+        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
+            return ret;
+    }
+    unsigned head = *r->cq_khead;
+    unsigned tail = load_acquire(r->cq_ktail);
+    unsigned n = 0;
+    while (head != tail && n < max) {
+        struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
+        ud[n] = cqe->user_data;
+        res[n] = cqe->res;
+        flags[n] = cqe->flags;
+        if ((cqe->flags & IORING_CQE_F_BUFFER) && r->nbufs && r->nrecycle < r->nbufs)
+            r->recycle[r->nrecycle++] = (unsigned short)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        head++;
+        n++;
+    }
+    store_release(r->cq_khead, head);
+    r->n_cqe += n;
+    return (int)n;
+}
+
+void ul_counters(ul_ring *r, uint64_t *out)
+{
+    out[0] = r->n_enter;
+    out[1] = r->n_submitted;
+    out[2] = r->n_cqe;
+    out[3] = r->n_overflow;
+}

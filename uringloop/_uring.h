@@ -1,0 +1,60 @@
+/* uringloop C core: io_uring ring mechanics only (no Python objects, no policy). */
+#ifndef URINGLOOP_URING_H
+#define URINGLOOP_URING_H
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct ul_ring ul_ring;
+
+/* Setup. `flags` is tried first, then the built-in fallback chain. On failure NULL is
+   returned and *err holds the errno of the first non-EINVAL failure (or EINVAL). */
+ul_ring *ul_ring_create(unsigned entries, unsigned cq_entries, int *err);
+void ul_ring_destroy(ul_ring *r);
+int ul_ring_fd(ul_ring *r);
+unsigned ul_ring_setup_flags(ul_ring *r);
+unsigned ul_ring_features(ul_ring *r);
+unsigned ul_ring_sq_entries(ul_ring *r);
+unsigned ul_ring_cq_entries(ul_ring *r);
+void ul_ring_mark_forked(ul_ring *r);
+int ul_probe_ops(ul_ring *r, unsigned char *supported, int n);
+
+/* Provided-buffer ring (one group per ring). */
+int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize);
+void *ul_pbuf_base(ul_ring *r);
+
+/* Registered buffers. */
+int ul_register_buffers(ul_ring *r, void **addrs, size_t *lens, unsigned n);
+int ul_unregister_buffers(ul_ring *r);
+
+/* One prep function per operation. Each returns 0, or -EBUSY when no SQE is free
+   even after flushing the queue to the kernel. */
+int ul_prep_nop(ul_ring *r, uint64_t ud);
+int ul_prep_accept(ul_ring *r, int fd, uint64_t ud, int multishot, void *addr, void *addrlen);
+int ul_prep_connect(ul_ring *r, int fd, uint64_t ud, const void *addr, unsigned addrlen);
+int ul_prep_recv(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, int msg_flags);
+int ul_prep_recv_multishot(ul_ring *r, int fd, uint64_t ud, unsigned short bgid);
+int ul_prep_send(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len, int msg_flags);
+int ul_prep_send_zc(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len,
+                    int msg_flags, unsigned zc_flags, unsigned buf_index);
+int ul_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, const void *msghdr, int msg_flags, int zc, unsigned zc_flags);
+int ul_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, void *msghdr, int msg_flags);
+int ul_prep_read(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, uint64_t off);
+int ul_prep_write(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len, uint64_t off);
+int ul_prep_shutdown(ul_ring *r, int fd, uint64_t ud, int how);
+int ul_prep_cancel(ul_ring *r, uint64_t target, uint64_t ud);
+int ul_prep_cancel_fd(ul_ring *r, int fd, uint64_t ud);
+int ul_prep_poll(ul_ring *r, int fd, uint64_t ud, unsigned events, int multishot);
+int ul_prep_poll_remove(ul_ring *r, uint64_t target, uint64_t ud);
+int ul_prep_splice(ul_ring *r, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
+                   unsigned len, unsigned splice_flags, uint64_t ud, int link);
+
+/* Submit everything queued, wait for `wait_nr` completions (timeout_ns < 0: no limit),
+   then copy up to `max` completions into the arrays. Returns the number copied, or a
+   negative errno on a fatal ring error. Buffers of the provided ring consumed by the
+   previous batch are handed back to the kernel at the start of the call. */
+int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
+           uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max);
+
+/* Counters: [enters, submitted, completions, overflow_flushes]. */
+void ul_counters(ul_ring *r, uint64_t *out);
+#endif

@@ -1,0 +1,292 @@
+"""``uringloop.Loop``: an asyncio event loop whose I/O is io_uring.
+
+The loop is a :class:`asyncio.BaseEventLoop`. Its ``_run_once`` calls
+``self._selector.select(timeout)`` once per iteration; here that call queues the sends of
+every transport written to during the iteration, then submits and waits in one
+``io_uring_enter`` and dispatches the completions straight to their handlers (bound
+methods of transports and operations), so nothing is left for ``_process_events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+from asyncio import base_events, constants, events, sslproto
+from typing import Any
+
+from . import _caps
+from ._accept import Acceptor
+from ._ring import BUFFER_SHIFT, F_MORE, Ring
+from ._sockops import SockOpsMixin
+from ._uring import lib
+from .transports.stream import StreamTransport
+
+__all__ = ["Loop"]
+
+
+class _UringSelector:
+    """The object ``BaseEventLoop._run_once`` polls: flush writes, enter, dispatch."""
+
+    __slots__ = ("_loop", "_ring")
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+        self._ring = loop._ring
+
+    def select(self, timeout: float | None) -> tuple[()]:
+        dirty = self._loop._dirty
+        if dirty:
+            self._loop._dirty = []
+            for transport in dirty:
+                transport._flush()
+        self._ring.run(timeout)
+        return ()
+
+    def close(self) -> None:
+        pass
+
+
+class Loop(SockOpsMixin, base_events.BaseEventLoop):
+    """An asyncio event loop on io_uring. Create it with :func:`uringloop.new_event_loop`."""
+
+    def __init__(self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536) -> None:
+        super().__init__()
+        self._ring = Ring(recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
+        self._ring.on_error = self._on_handler_error
+        self._caps = _caps.capabilities(self._ring)
+        self._dirty: list[StreamTransport] = []
+        self._selector = _UringSelector(self)
+        self._acceptors: dict[int, Acceptor] = {}
+        self._signal_handlers: dict[int, events.Handle] = {}
+        self._zc_counters = [0, 0, 0, 0]  # sends, notifications, copied, plain fallbacks
+        self._make_self_pipe()
+
+    # -- self-pipe: call_soon_threadsafe wake-ups and signal numbers -------------------
+
+    def _make_self_pipe(self) -> None:
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._internal_fds += 1
+        self._self_ud = self._ring.register(self._on_self_pipe)
+        self._self_armed = False
+        self._arm_self_pipe()
+
+    def _arm_self_pipe(self) -> None:
+        lib.ul_prep_recv_multishot(self._ring.ptr, self._ssock.fileno(), self._self_ud, 0)
+        self._self_armed = True
+
+    def _on_self_pipe(self, res: int, flags: int) -> None:
+        if not flags & F_MORE:
+            self._self_armed = False
+        if res > 0:
+            off = (flags >> BUFFER_SHIFT) * self._ring.recv_buffer_size
+            for signum in self._ring.pbuf[off : off + res].tobytes():
+                if signum:
+                    self._handle_signal(signum)
+        if not self._self_armed and self._ssock is not None and res != 0:
+            self._arm_self_pipe()
+
+    def _write_to_self(self) -> None:
+        csock = self._csock
+        if csock is None:
+            return
+        try:
+            csock.send(b"\0")
+        except OSError:
+            if self._debug:
+                base_events.logger.debug("Fail to write a null byte into the self-pipe socket",
+                                         exc_info=True)
+
+    def _close_self_pipe(self) -> None:
+        for sock in (self._ssock, self._csock):
+            if sock is not None:
+                sock.close()
+        self._ssock = self._csock = None  # type: ignore[assignment]
+        self._internal_fds -= 1
+
+    def _process_events(self, event_list: Any) -> None:
+        pass  # completions were dispatched inside select()
+
+    def _on_handler_error(self, exc: BaseException, handler: Any) -> None:
+        self.call_exception_handler(
+            {"message": f"Exception in io_uring completion handler {handler!r}",
+             "exception": exc}
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)
+        super().close()
+        self._close_self_pipe()
+        for acceptor in self._acceptors.values():
+            acceptor.stop()
+        self._acceptors.clear()
+        self._ring.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for this loop: ring calls, completions, zero-copy activity."""
+        c = self._ring.counters()
+        zc = self._zc_counters
+        return {
+            **c,
+            "inflight": len(self._ring.handlers),
+            "zerocopy_sends": zc[0],
+            "zerocopy_notifications": zc[1],
+            "copied_sends": zc[2],
+            "zerocopy_fallback_sends": zc[3],
+            "setup_flags": self._ring.setup_flag_names(),
+        }
+
+    # -- transports --------------------------------------------------------------------
+
+    def _make_socket_transport(
+        self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
+        extra: Any = None, server: Any = None,
+    ) -> StreamTransport:
+        return StreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self, rawsock: socket.socket, protocol: Any, sslcontext: Any, waiter: Any = None, *,
+        server_side: bool = False, server_hostname: str | None = None, extra: Any = None,
+        server: Any = None, ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+        call_connection_made: bool = True,
+    ) -> Any:
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        StreamTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _start_serving(
+        self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
+        server: Any = None, backlog: int = 100,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        fd = sock.fileno()
+        old = self._acceptors.pop(fd, None)
+        if old is not None:
+            old.stop()
+        acceptor = Acceptor(self, protocol_factory, sock, sslcontext, server,
+                            ssl_handshake_timeout, ssl_shutdown_timeout)
+        self._acceptors[fd] = acceptor
+        acceptor.start()
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        acceptor = self._acceptors.pop(sock.fileno(), None)
+        if acceptor is not None:
+            acceptor.stop()
+        sock.close()
+
+    async def _accept_connection2(
+        self, protocol_factory: Any, conn: socket.socket, extra: Any, sslcontext: Any = None,
+        server: Any = None, ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            waiter = self.create_future()
+            transport = self._make_ssl_transport(
+                conn, protocol, sslcontext, waiter=waiter, server_side=True, extra=extra,
+                server=server, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                raise
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if self._debug:
+                context = {"message": "Error on transport creation for incoming connection",
+                           "exception": exc}
+                if protocol is not None:
+                    context["protocol"] = protocol
+                if transport is not None:
+                    context["transport"] = transport
+                self.call_exception_handler(context)
+
+    # -- signals -----------------------------------------------------------------------
+
+    def _check_signal(self, sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+        """Run ``callback(*args)`` in the loop when signal ``sig`` arrives."""
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # set_wakeup_fd raises ValueError outside the main thread.
+            signal.set_wakeup_fd(self._csock.fileno())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        handle = events.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError):
+                    pass
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+
+    def _handle_signal(self, sig: int) -> None:
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle._cancelled:
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback_signalsafe(handle)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        """Remove the handler for ``sig``; True if one was installed."""
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler: Any = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                base_events.logger.info("set_wakeup_fd(-1) failed: %s", exc)
+        return True
+
+
+def _sighandler_noop(signum: int, frame: Any) -> None:
+    """The real work happens in the loop, woken through set_wakeup_fd."""
+

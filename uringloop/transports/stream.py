@@ -1,0 +1,547 @@
+"""The stream (TCP, Unix) socket transport, with io_uring receives and sends.
+
+Reads: one multishot ``RECV`` with buffer selection stays armed while reading; each
+completion names a buffer of the loop's provided-buffer ring, which is copied into the
+protocol and handed back to the kernel on the next ring call. The kernel ends a
+multishot receive on EOF, errors, or an empty buffer group; it is re-armed when reading
+should go on.
+
+Writes: ``write()`` appends to a queue; once per loop iteration the queue is coalesced into
+one ``SEND`` (one send in flight per socket, so bytes never reorder). ``write_zerocopy``
+puts a :class:`~uringloop.zerocopy.ZeroCopyWrite` in the same queue, so ordering holds
+across both kinds of write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+import warnings
+from asyncio import constants, protocols, transports
+from asyncio import trsock  # type: ignore[attr-defined]
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
+from .._uring import ffi, lib
+from ..zerocopy import ZeroCopyResult, ZeroCopyWrite, as_send_buffer
+
+if TYPE_CHECKING:
+    from ..loop import Loop
+
+__all__ = ["StreamTransport"]
+
+_ENOBUFS = -errno.ENOBUFS
+_ECANCELED = -errno.ECANCELED
+_HAS_SERVER_TRANSPORT_ARG = sys.version_info >= (3, 13)
+
+
+def _os_error(res: int) -> OSError:
+    err = -res
+    if err in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN):
+        cls: type[OSError] = {
+            errno.ECONNRESET: ConnectionResetError,
+            errno.EPIPE: BrokenPipeError,
+            errno.ECONNABORTED: ConnectionAbortedError,
+            errno.ESHUTDOWN: BrokenPipeError,
+        }[err]
+        return cls(err, os.strerror(err))
+    return OSError(err, os.strerror(err))
+
+
+class StreamTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+    """A socket stream transport whose I/O is io_uring operations."""
+
+    max_size = 256 * 1024
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        super().__init__(extra, loop)
+        self._loop: Loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._server = server
+        if server is not None:
+            if _HAS_SERVER_TRANSPORT_ARG:
+                server._attach(self)
+            else:
+                server._attach()
+        ring = loop._ring
+        self._ring = ring
+        self._pbuf = ring.pbuf
+        self._bufsize = ring.recv_buffer_size
+        self._recv_ud = ring.register(self._on_recv)
+        self._send_ud = ring.register(self._on_send)
+        # write side
+        self._queue: deque[Any] = deque()  # bytes chunks and ZeroCopyWrite entries
+        self._buffer_size = 0  # bytes written but not yet confirmed sent
+        self._send_data: Any = None  # what the in-flight SEND points into (kept alive)
+        self._send_len = 0
+        self._send_inflight = False
+        self._zc_inflight: ZeroCopyWrite | None = None
+        self._scheduled = False  # in loop._dirty, waiting for the next flush
+        self._eof = False  # write_eof() called
+        # read side
+        self._recv_armed = False
+        self._paused = False
+        self._read_eof = False
+        self._stash: list[bytes] = []
+        # life cycle
+        self._closing = False
+        self._conn_lost = 0
+        self._lost_called = False
+        self._lost_exc: BaseException | None = None
+        self._finalizing = False
+        self._aborted = False
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._protocol_connected = False
+        loop.call_soon(self._connection_made, waiter)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<{type(self).__name__} fd={self._fd} {state}>"
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_sock", None) is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+    # -- protocol wiring ---------------------------------------------------------------
+
+    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
+        if self._closing:
+            if waiter is not None and not waiter.cancelled():
+                waiter.set_result(None)
+            return
+        try:
+            self._protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if waiter is not None and not waiter.cancelled():
+                waiter.set_exception(exc)
+            self._fatal_error(exc, "Fatal error: protocol.connection_made() failed")
+            return
+        self._protocol_connected = True
+        if not self._paused and not self._closing:
+            self._arm_recv()
+        if waiter is not None and not waiter.cancelled():
+            waiter.set_result(None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused and not self._read_eof
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _arm_recv(self) -> None:
+        if self._recv_armed or self._sock is None:
+            return
+        rc = lib.ul_prep_recv_multishot(self._ring.ptr, self._fd, self._recv_ud, BUFFER_GROUP)
+        if rc < 0:
+            self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a receive")
+            return
+        self._recv_armed = True
+
+    def _cancel_recv(self) -> None:
+        if self._recv_armed:
+            lib.ul_prep_cancel(self._ring.ptr, self._recv_ud, 0)
+
+    def _on_recv(self, res: int, flags: int) -> None:
+        if not flags & F_MORE:
+            self._recv_armed = False
+        if res > 0:
+            off = (flags >> BUFFER_SHIFT) * self._bufsize
+            if self._closing:
+                pass  # closing: incoming data is dropped, as asyncio does
+            elif self._paused or self._stash:
+                # Paused, or stashed data still waits for delivery: keep the byte order.
+                self._stash.append(self._pbuf[off : off + res].tobytes())
+            elif self._buffered:
+                self._feed_buffered(off, res)
+            else:
+                try:
+                    self._protocol.data_received(self._pbuf[off : off + res].tobytes())
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                    return
+            if not self._recv_armed and not self._paused and not self._closing:
+                self._arm_recv()
+        elif res == 0:
+            self._on_eof()
+        elif res == _ENOBUFS:
+            # The buffer group ran dry; buffers go back to the kernel on the next ring call.
+            if not self._paused and not self._closing:
+                self._arm_recv()
+        elif res == _ECANCELED:
+            if not self._paused and not self._closing and not self._read_eof:
+                self._arm_recv()  # cancelled by a pause that was since undone
+        else:
+            self._fatal_error(_os_error(res), "Fatal read error on socket transport")
+        if self._closing:
+            self._maybe_finalize()
+
+    def _feed_buffered(self, off: int, n: int) -> None:
+        protocol: Any = self._protocol
+        src = self._pbuf
+        while n:
+            try:
+                buf = protocol.get_buffer(n)
+                view = memoryview(buf).cast("B")
+                if not len(view):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                m = min(len(view), n)
+                view[:m] = src[off : off + m]
+                protocol.buffer_updated(m)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            off += m
+            n -= m
+
+    def _on_eof(self) -> None:
+        self._read_eof = True
+        if self._closing:
+            return
+        if self._paused or self._stash:
+            self._stash.append(b"")  # delivered after the stashed data on resume
+            return
+        self._deliver_eof()
+
+    def _deliver_eof(self) -> None:
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._cancel_recv()
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._stash:
+            self._loop.call_soon(self._deliver_stash)
+        elif not self._read_eof:
+            self._arm_recv()
+
+    def _deliver_stash(self) -> None:
+        while self._stash and not self._paused and not self._closing:
+            data = self._stash.pop(0)
+            if not data:
+                self._deliver_eof()
+                return
+            try:
+                if self._buffered:
+                    protocols._feed_data_to_buffered_proto(self._protocol, data)  # type: ignore[attr-defined]
+                else:
+                    self._protocol.data_received(data)  # type: ignore[attr-defined]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return
+        if not self._stash and not self._paused and not self._read_eof:
+            self._arm_recv()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost or self._closing and self._sock is None:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                asyncio.log.logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer as soon as we return
+        self._queue.append(data)
+        self._buffer_size += len(data)
+        if not self._send_inflight and not self._scheduled:
+            self._scheduled = True
+            self._loop._dirty.append(self)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_zerocopy(self, data: Any) -> asyncio.Future[ZeroCopyResult]:
+        """Send ``data`` with io_uring's zero-copy send; await the result to reuse it.
+
+        The returned future resolves once the kernel's notification says it no longer
+        references the buffer; until then ``data`` stays exported (a bytearray cannot be
+        resized). It raises the send's OSError if a send failed. Cancelling the future
+        neither unsends the data nor releases the buffer early.
+        """
+        view = as_send_buffer(data)
+        if self._eof:
+            view.release()
+            raise RuntimeError("Cannot call write_zerocopy() after write_eof()")
+        loop = self._loop
+        fut: asyncio.Future[ZeroCopyResult] = loop.create_future()
+        if self._conn_lost or self._closing:
+            view.release()
+            fut.set_exception(ConnectionResetError(errno.ECONNRESET, "transport is closing"))
+            return fut
+        caps = loop._caps
+        entry = ZeroCopyWrite(self, fut, view, caps.send_zc, caps.send_zc_report_usage)
+        if entry.nbytes == 0:
+            entry.sent_all = True
+            entry._maybe_finish()
+            return fut
+        self._queue.append(entry)
+        self._buffer_size += entry.nbytes
+        if not self._send_inflight and not self._scheduled:
+            self._scheduled = True
+            self._loop._dirty.append(self)
+        self._maybe_pause_protocol()
+        return fut
+
+    def _flush(self) -> None:
+        """Queue the next send; called by the loop once per iteration when dirty."""
+        self._scheduled = False
+        if self._send_inflight or not self._queue or self._sock is None:
+            return
+        head = self._queue[0]
+        if type(head) is ZeroCopyWrite:
+            try:
+                head.submit(self._ring.ptr, self._fd)
+            except OSError as exc:
+                self._fatal_error(exc, "cannot queue a zero-copy send")
+                return
+            self._zc_inflight = head
+            self._send_inflight = True
+            return
+        queue = self._queue
+        if len(queue) > 1 and type(queue[1]) is not ZeroCopyWrite:
+            parts = []
+            while queue and type(queue[0]) is not ZeroCopyWrite:
+                parts.append(queue.popleft())
+            head = b"".join(parts)
+            queue.appendleft(head)
+        data = ffi.from_buffer(head)
+        self._send_data = data
+        self._send_len = len(head)
+        rc = lib.ul_prep_send(self._ring.ptr, self._fd, self._send_ud, data, self._send_len, 0)
+        if rc < 0:
+            self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a send")
+            return
+        self._send_inflight = True
+
+    def _on_send(self, res: int, flags: int) -> None:
+        self._send_inflight = False
+        if res < 0:
+            self._send_data = None
+            if res == _ECANCELED and self._closing:
+                self._maybe_finalize()
+                return
+            self._fatal_error(_os_error(res), "Fatal write error on socket transport")
+            return
+        self._buffer_size -= res
+        if res == self._send_len:
+            self._queue.popleft()
+            self._send_data = None
+        else:
+            # Short send: keep the rest at the head of the queue, in order.
+            rest = memoryview(self._queue[0])[res:].tobytes()
+            self._queue[0] = rest
+            self._send_data = None
+        self._after_send()
+
+    def _on_zerocopy_sent(self, entry: ZeroCopyWrite, res: int) -> None:
+        self._send_inflight = False
+        self._zc_inflight = None
+        if res < 0:
+            if res == _ECANCELED and self._closing:
+                self._queue_fail(ConnectionAbortedError("transport closed"))
+                self._maybe_finalize()
+                return
+            self._fatal_error(_os_error(res), "Fatal write error on socket transport")
+            return
+        self._buffer_size -= res
+        if entry.sent_all:
+            self._queue.popleft()
+        self._after_send()
+
+    def _after_send(self) -> None:
+        if self._aborted:
+            self._queue_fail(self._lost_exc or ConnectionAbortedError("transport aborted"))
+            self._maybe_finalize()
+            return
+        self._maybe_resume_protocol()
+        if self._queue:
+            if self._sock is not None and not self._conn_lost:
+                self._flush()
+            return
+        if self._eof:
+            self._shutdown_write()
+        if self._closing:
+            self._maybe_finalize()
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._queue and not self._send_inflight:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    # -- closing -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_recv()
+        self._conn_lost += 1
+        self._maybe_finalize()
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                asyncio.log.logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": self,
+                 "protocol": self._protocol}
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._lost_called or self._finalizing:
+            return
+        if self._lost_exc is None:
+            self._lost_exc = exc
+        self._aborted = True
+        unsent = exc or ConnectionAbortedError("transport aborted before the data was sent")
+        self._queue_fail(unsent)
+        if self._buffer_size and not self._send_inflight:
+            self._buffer_size = 0
+        self._maybe_resume_protocol()
+        if not self._closing:
+            self._closing = True
+            self._conn_lost += 1
+        if self._sock is not None and (self._recv_armed or self._send_inflight):
+            lib.ul_prep_cancel_fd(self._ring.ptr, self._fd, 0)
+        self._maybe_finalize()
+
+    def _queue_fail(self, exc: BaseException) -> None:
+        """Drop queued data that was never handed to the kernel."""
+        queue = self._queue
+        keep = queue[0] if (self._send_inflight and queue) else None
+        while queue:
+            item = queue.pop()
+            if item is keep:
+                queue.append(item)
+                break
+            if type(item) is ZeroCopyWrite:
+                item.fail_unsent(exc)
+        self._buffer_size = sum(
+            (i.nbytes - i.offset) if type(i) is ZeroCopyWrite else len(i) for i in queue
+        )
+
+    def _maybe_finalize(self) -> None:
+        """Close the socket once nothing of ours is in flight on it any more."""
+        if self._finalizing:
+            return
+        if self._queue and not self._aborted and not self._send_inflight:
+            if self._sock is not None and not self._scheduled:
+                self._flush()
+            return
+        if self._queue or self._send_inflight or self._recv_armed:
+            return
+        self._finalizing = True
+        self._loop.call_soon(self._call_connection_lost, self._lost_exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost_called:
+            return
+        self._lost_called = True
+        ring = self._ring
+        ring.unregister(self._recv_ud)
+        ring.unregister(self._send_ud)
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+            self._protocol = None  # type: ignore[assignment]
+            server, self._server = self._server, None
+            if server is not None:
+                if _HAS_SERVER_TRANSPORT_ARG:
+                    server._detach(self)
+                else:
+                    server._detach()
