@@ -135,6 +135,26 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
 
 
+def cpu_stat() -> dict[str, list[int]]:
+    """Per-CPU counters from /proc/stat (user nice system idle iowait irq softirq steal)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                out[name] = [int(v) for v in vals[:8]]
+    return out
+
+
+def core_usage(before: dict[str, list[int]], after: dict[str, list[int]],
+               cpu: str) -> tuple[float, float]:
+    """(busy seconds incl. irq/softirq, steal fraction) of one CPU between samples."""
+    d = [a - b for a, b in zip(after[cpu], before[cpu], strict=True)]
+    total = sum(d)
+    busy = total - d[3] - d[4] - d[7]
+    return busy / CLK_TCK, (d[7] / total if total else 0.0)
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """Block until the server accepts connections (or fail)."""
     deadline = time.monotonic() + timeout
@@ -151,11 +171,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -
 
 def loadgen(exe: Path, port: int, conns: int, size: int, duration: float,
             warmup: float = 0.0, rate: float = 0.0, server_pid: int | None = None,
-            cpu: str = "1") -> dict[str, Any]:
+            cpu: str = "1", verify: bool = True) -> dict[str, Any]:
     """Run the C load generator; sample server CPU at the window markers."""
     cmd = ["taskset", "-c", cpu, str(exe), "--markers"]
     if rate > 0:
         cmd += ["--rate", str(rate)]
+    if not verify:
+        cmd.append("--no-verify")
     cmd += [HOST, str(port), str(conns), str(size), str(duration), str(warmup)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -163,12 +185,19 @@ def loadgen(exe: Path, port: int, conns: int, size: int, duration: float,
     watchdog = threading.Timer(duration + warmup + 20, lambda: kill_proc(proc, 0.5))
     watchdog.start()
     marks: dict[str, int] = {}
+    gen_marks: dict[str, int] = {}
+    stats: dict[str, dict[str, list[int]]] = {}
     other_err: list[str] = []
     try:
         assert proc.stderr is not None and proc.stdout is not None
         for raw in proc.stderr:
             line = raw.decode(errors="replace").strip()
             if line in ("W", "E"):
+                stats[line] = cpu_stat()
+                try:
+                    gen_marks[line] = cpu_ticks(proc.pid)  # taskset exec()s loadgen
+                except OSError:
+                    pass
                 if server_pid is not None:
                     try:
                         marks[line] = cpu_ticks(server_pid)
@@ -187,6 +216,16 @@ def loadgen(exe: Path, port: int, conns: int, size: int, duration: float,
     res: dict[str, Any] = json.loads(lines[-1])
     if "W" in marks and "E" in marks:
         res["server_cpu_s"] = (marks["E"] - marks["W"]) / CLK_TCK
+    secs = res.get("seconds") or 0.0
+    if secs and "server_cpu_s" in res:
+        res["server_cpu_pct"] = 100 * res["server_cpu_s"] / secs
+    if secs and "W" in gen_marks and "E" in gen_marks:
+        res["loadgen_cpu_pct"] = 100 * (gen_marks["E"] - gen_marks["W"]) / CLK_TCK / secs
+    if "W" in stats and "E" in stats:
+        busy0, steal0 = core_usage(stats["W"], stats["E"], "cpu0")
+        _, steal1 = core_usage(stats["W"], stats["E"], "cpu" + cpu.split(",")[0])
+        res["core0_busy_s"] = busy0
+        res["steal_pct"] = 100 * max(steal0, steal1)
     return res
 
 
@@ -217,7 +256,8 @@ def run_one(name: str, case: Case, opts: argparse.Namespace,
             if opts.prime > 0:
                 loadgen(exes["loadgen"], port, case.conns, case.size, opts.prime)
             res = loadgen(exes["loadgen"], port, case.conns, case.size, opts.duration,
-                          opts.warmup, opts.rate, server_pid=proc.pid)
+                          opts.warmup, opts.rate, server_pid=proc.pid,
+                          verify=not opts.no_verify)
             if proc.poll() is not None:
                 raise RuntimeError(f"server died during the run (rc={proc.returncode})")
         except Exception as exc:
@@ -227,7 +267,10 @@ def run_one(name: str, case: Case, opts: argparse.Namespace,
             raise RuntimeError(f"{name} {case.label()}: {exc}\n{tail}") from exc
         kill_proc(proc)
     cpu = res.get("server_cpu_s")
-    res["us_per_req"] = cpu * 1e6 / res["requests"] if cpu is not None and res["requests"] else None
+    n = res["requests"]
+    res["us_per_req"] = cpu * 1e6 / n if cpu is not None and n else None
+    busy = res.get("core0_busy_s")
+    res["core0_us_per_req"] = busy * 1e6 / n if busy is not None and n else None
     res.update(server=display_name(name), mode=case.mode, size=case.size, conns=case.conns)
     return res
 
@@ -269,6 +312,11 @@ def summarize(results: list[dict[str, Any]], cases: list[Case],
                 "rps": med(rps), "rps_min": min(rps), "rps_max": max(rps),
                 "us": med(us), "us_min": min(us, default=float("nan")),
                 "us_max": max(us, default=float("nan")),
+                "core0": med([r["core0_us_per_req"] for r in runs
+                              if r.get("core0_us_per_req") is not None]),
+                "srv_pct": med([r["server_cpu_pct"] for r in runs if "server_cpu_pct" in r]),
+                "gen_pct": med([r["loadgen_cpu_pct"] for r in runs if "loadgen_cpu_pct" in r]),
+                "steal": max((r.get("steal_pct", 0.0) for r in runs), default=0.0),
                 "p50": med([r["p50_us"] for r in runs]),
                 "p99": med([r["p99_us"] for r in runs]),
                 "errors": sum(r["errors"] for r in runs),
@@ -283,7 +331,8 @@ def summarize(results: list[dict[str, Any]], cases: list[Case],
 
 
 COLUMNS = ("mode", "size", "conns", "server", "rps (median)", "rps min-max",
-           "srv µs/req", "µs/req min-max", "× uvloop", "p50 µs", "p99 µs", "err")
+           "srv µs/req", "µs/req min-max", "× uvloop", "core0 µs/req", "p50 µs", "p99 µs",
+           "err", "srv%", "gen%", "steal%")
 
 
 def row_cells(r: dict[str, Any]) -> list[str]:
@@ -291,14 +340,15 @@ def row_cells(r: dict[str, Any]) -> list[str]:
         r["mode"], str(r["size"]), str(r["conns"]), r["server"],
         fmt_n(r["rps"]), f"{fmt_n(r['rps_min'])}-{fmt_n(r['rps_max'])}",
         fmt_n(r["us"], 2), f"{fmt_n(r['us_min'], 2)}-{fmt_n(r['us_max'], 2)}",
-        fmt_n(r["ratio"], 2), fmt_n(r["p50"]), fmt_n(r["p99"]), str(r["errors"]),
+        fmt_n(r["ratio"], 2), fmt_n(r["core0"], 2), fmt_n(r["p50"]), fmt_n(r["p99"]),
+        str(r["errors"]), fmt_n(r["srv_pct"]), fmt_n(r["gen_pct"]), fmt_n(r["steal"], 1),
     ]
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:
     cells = [list(COLUMNS)] + [row_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    right = {1, 2, 4, 5, 6, 7, 8, 9, 10, 11}
+    right = {1, 2, *range(4, len(COLUMNS))}
     lines = []
     prev = None
     for k, c in enumerate(cells):
@@ -307,7 +357,7 @@ def text_table(rows: list[dict[str, Any]]) -> str:
             lines.append("")
         prev = key
         lines.append("  ".join(v.rjust(w) if i in right else v.ljust(w)
-                               for i, (v, w) in enumerate(zip(c, widths))))
+                               for i, (v, w) in enumerate(zip(c, widths, strict=True))))
     return "\n".join(lines)
 
 
@@ -368,6 +418,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], facts: dict[str, str]
         "- srv µs/req: server CPU time (utime+stime, /proc/PID/stat) over the "
         "measured window / requests; × uvloop: ratio of medians. "
         "Values are median and min-max over repetitions; p50/p99 are medians.",
+        "- core0 µs/req: all busy time of CPU 0 (incl. irq/softirq, which the "
+        "kernel does not charge to the process: e.g. loopback delivery of the "
+        "server's sends) / requests. steal%: worst hypervisor steal on CPU 0/1 "
+        "during any repetition (noise indicator). srv% / gen%: median CPU use of "
+        "the server / load generator over the window; rps is server capacity "
+        "only where srv% is ~100.",
         f"- {C_LABEL}: bench/uring_echo.c, raw io_uring (multishot accept, "
         "multishot recv with a provided buffer ring, send); protocol mode only.",
         "", md_table(rows), "",
@@ -402,6 +458,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds of priming load (connections then close); 0 = off")
     p.add_argument("--rate", type=float, default=0.0,
                    help="open-loop total req/s (latency at a fixed rate); 0 = closed loop")
+    p.add_argument("--no-verify", action="store_true",
+                   help="loadgen checks lengths only (cheaper client at large sizes)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     p.add_argument("--pythonpath", help="prepend to PYTHONPATH for the servers "
                                         "(e.g. the repo root for an in-place build)")
@@ -472,7 +530,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{done}/{total}] {case.label():22} {r['server']:13} "
                           f"{r['rps']:>10,.0f} rps  "
                           f"{us if us is not None else float('nan'):6.2f} µs/req  "
-                          f"p99 {r['p99_us']:,.0f} µs  err {r['errors']}", file=sys.stderr)
+                          f"p99 {r['p99_us']:,.0f} µs  err {r['errors']}  "
+                          f"srv {r.get('server_cpu_pct', 0):.0f}% "
+                          f"gen {r.get('loadgen_cpu_pct', 0):.0f}% "
+                          f"steal {r.get('steal_pct', 0):.1f}%", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted; reporting what finished", file=sys.stderr)
     finally:

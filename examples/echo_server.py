@@ -111,6 +111,10 @@ def make_stream_handler(zerocopy: bool, log: bool) -> Any:
                     await writer.drain()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # Shutdown cancels handlers; ending quietly avoids the noisy
+            # "exception in callback" from StreamReaderProtocol on 3.11.
+            pass
         finally:
             writer.close()
 

@@ -158,7 +158,7 @@ class Ring:
                 self._raise_run_error(-n)
             return 0
         handlers = self.handlers
-        for ud, res, flags in zip(
+        for ud, res, flags in zip(  # noqa: B905 (equal lengths by construction)
             self._ud_mv[:n].tolist(), self._res_mv[:n].tolist(), self._flags_mv[:n].tolist()
         ):
             handler = handlers.get(ud)

@@ -114,7 +114,9 @@ class SockOpsMixin:
         while off < total:
             start = off
             sent = await self._oneshot(
-                lambda r, ud: lib.ul_prep_send(r, fd, ud, cbuf + start, total - start, 0),
+                lambda r, ud, start=start: lib.ul_prep_send(
+                    r, fd, ud, cbuf + start, total - start, 0
+                ),
                 (cbuf, view),
             )
             off += sent

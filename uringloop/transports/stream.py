@@ -20,8 +20,12 @@ import os
 import socket
 import sys
 import warnings
-from asyncio import constants, protocols, transports
-from asyncio import trsock  # type: ignore[attr-defined]
+from asyncio import (
+    constants,
+    protocols,
+    transports,
+    trsock,  # type: ignore[attr-defined]
+)
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
