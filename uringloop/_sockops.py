@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import weakref
 from asyncio import base_events
 from collections.abc import Callable
 from typing import Any
@@ -86,24 +87,64 @@ class SockOpsMixin:
             fut.set_exception(OSError(-rc, os.strerror(-rc)))
         return fut
 
+    def _recv_stash(self) -> weakref.WeakKeyDictionary[socket.socket, bytearray]:
+        """Bytes taken by a cancelled receive whose CQE raced the cancel, per socket.
+
+        The kernel may complete a receive after its awaiting task was cancelled; those
+        bytes are kept here and returned by the next receive on the socket, so a cancel
+        never loses data (the stdlib loop never does either).
+        """
+        stash = self.__dict__.get("_sock_recv_stash")
+        if stash is None:
+            stash = self.__dict__["_sock_recv_stash"] = weakref.WeakKeyDictionary()
+        return stash
+
+    def _take_stashed(self, sock: socket.socket, n: int) -> bytes | None:
+        stash = self.__dict__.get("_sock_recv_stash")
+        pending = stash.get(sock) if stash is not None else None
+        if not pending:
+            return None
+        data = bytes(pending[:n])
+        del pending[:n]
+        return data
+
+    def _stash_orphan(self, sock: socket.socket, view: memoryview) -> Callable[[int], None]:
+        def orphan(res: int) -> None:
+            if res > 0:
+                self._recv_stash().setdefault(sock, bytearray()).extend(view[:res])
+
+        return orphan
+
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         self._check_sock(sock)
         n = int(n)
         if n < 0:
             raise ValueError("negative buffersize in recv")
+        stashed = self._take_stashed(sock, n)
+        if stashed is not None:
+            return stashed
         buf = bytearray(n)
+        view = memoryview(buf)
         cbuf = ffi.from_buffer(buf)
         fd = sock.fileno()
-        got = await self._oneshot(lambda r, ud: lib.ul_prep_recv(r, fd, ud, cbuf, n, 0), cbuf)
-        return bytes(memoryview(buf)[:got])
+        got = await self._oneshot(
+            lambda r, ud: lib.ul_prep_recv(r, fd, ud, cbuf, n, 0), cbuf, _identity,
+            self._stash_orphan(sock, view),
+        )
+        return bytes(view[:got])
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         self._check_sock(sock)
         view = memoryview(buf).cast("B")
+        stashed = self._take_stashed(sock, view.nbytes)
+        if stashed is not None:
+            view[: len(stashed)] = stashed
+            return len(stashed)
         cbuf = ffi.from_buffer(view, require_writable=True)
         fd, n = sock.fileno(), view.nbytes
         return await self._oneshot(  # type: ignore[no-any-return]
-            lambda r, ud: lib.ul_prep_recv(r, fd, ud, cbuf, n, 0), (cbuf, view)
+            lambda r, ud: lib.ul_prep_recv(r, fd, ud, cbuf, n, 0), (cbuf, view), _identity,
+            self._stash_orphan(sock, view),
         )
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:

@@ -430,7 +430,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             return
         self._maybe_resume_protocol()
         if self._queue:
-            if self._sock is not None and not self._conn_lost:
+            # close() with data still queued (a short send left a rest) must keep sending
+            if self._sock is not None:
                 self._flush()
             return
         if self._eof:
