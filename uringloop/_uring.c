@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <linux/io_uring.h>
 #include <linux/time_types.h>
 #include <signal.h>
@@ -40,6 +41,8 @@ struct ul_ring {
     int fd;
     int enter_fd;          /* registered index when enter_flags has REGISTERED_RING */
     unsigned enter_flags;  /* extra flags for every enter */
+    int reg_tried;         /* ring fd registration attempted (by the first entering thread) */
+    pthread_t reg_thread;  /* registered ring fds are per thread: the one that registered */
     unsigned setup_flags;
     unsigned features;
     int forked;
@@ -194,12 +197,6 @@ ul_ring *ul_ring_create(unsigned entries, unsigned cq_entries, int *err)
             first_err = -rc;
             break;
         }
-        /* Register the ring fd itself: saves an fd lookup on every enter. */
-        struct io_uring_rsrc_update up = {.offset = (unsigned)-1, .data = (uint64_t)fd};
-        if (sys_register(fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
-            r->enter_fd = (int)up.offset;
-            r->enter_flags = IORING_ENTER_REGISTERED_RING;
-        }
         return r;
     }
     free(r);
@@ -211,6 +208,14 @@ void ul_ring_destroy(ul_ring *r)
 {
     if (!r)
         return;
+    /* A registered ring fd holds a reference to the ring: without unregistering it the
+     * ring (and every request in flight on it, with the sockets they hold) outlives
+     * close() until the registering thread exits. Only that thread can unregister it. */
+    if ((r->enter_flags & IORING_ENTER_REGISTERED_RING) && !r->forked &&
+        pthread_equal(pthread_self(), r->reg_thread)) {
+        struct io_uring_rsrc_update up = {.offset = (unsigned)r->enter_fd};
+        sys_register(r->fd, IORING_UNREGISTER_RING_FDS, &up, 1);
+    }
     unmap_all(r);
     if (r->br)
         munmap(r->br, r->br_sz);
@@ -337,10 +342,28 @@ static int flush_submit(ul_ring *r, unsigned min_complete, unsigned flags, void 
     int rc = enable_if_needed(r);
     if (rc < 0)
         return rc;
+    if (!r->reg_tried) {
+        /* Register the ring fd itself (saves an fd lookup on every enter). Registered
+         * ring fds are per thread, so register from the thread that runs the ring. */
+        r->reg_tried = 1;
+        struct io_uring_rsrc_update up = {.offset = (unsigned)-1, .data = (uint64_t)r->fd};
+        if (sys_register(r->fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
+            r->enter_fd = (int)up.offset;
+            r->enter_flags = IORING_ENTER_REGISTERED_RING;
+            r->reg_thread = pthread_self();
+        }
+    }
+    int efd = r->fd;
+    unsigned eflags = flags;
+    if ((r->enter_flags & IORING_ENTER_REGISTERED_RING) &&
+        pthread_equal(pthread_self(), r->reg_thread)) {
+        efd = r->enter_fd;
+        eflags |= r->enter_flags;
+    }
     unsigned to_submit = r->sqe_tail - r->sqe_flushed;
     store_release(r->sq_ktail, r->sqe_tail);
     r->n_enter++;
-    int ret = sys_enter(r->enter_fd, to_submit, min_complete, flags | r->enter_flags, arg, argsz);
+    int ret = sys_enter(efd, to_submit, min_complete, eflags, arg, argsz);
     if (ret < 0)
         return -errno;
     r->sqe_flushed += (unsigned)ret;
@@ -654,4 +677,66 @@ void ul_counters(ul_ring *r, uint64_t *out)
     out[1] = r->n_submitted;
     out[2] = r->n_cqe;
     out[3] = r->n_overflow;
+}
+
+/* ---- datagram helpers ---- */
+
+struct ul_dgram {
+    struct msghdr msg;
+    struct iovec iov;
+    struct sockaddr_storage name;
+};
+
+size_t ul_dgram_size(void) { return sizeof(struct ul_dgram); }
+
+void ul_dgram_set_send(ul_dgram *d, const void *buf, size_t len, const void *name,
+                       unsigned namelen)
+{
+    memset(&d->msg, 0, sizeof(d->msg));
+    d->iov.iov_base = (void *)buf;
+    d->iov.iov_len = len;
+    d->msg.msg_iov = &d->iov;
+    d->msg.msg_iovlen = 1;
+    if (name && namelen) {
+        if (namelen > sizeof(d->name))
+            namelen = sizeof(d->name);
+        memcpy(&d->name, name, namelen);
+        d->msg.msg_name = &d->name;
+        d->msg.msg_namelen = namelen;
+    }
+}
+
+void ul_dgram_set_recv(ul_dgram *d, void *buf, size_t len)
+{
+    memset(&d->msg, 0, sizeof(d->msg));
+    memset(&d->name, 0, sizeof(d->name));
+    d->iov.iov_base = buf;
+    d->iov.iov_len = len;
+    d->msg.msg_iov = &d->iov;
+    d->msg.msg_iovlen = 1;
+    d->msg.msg_name = &d->name;
+    d->msg.msg_namelen = sizeof(d->name);
+}
+
+unsigned ul_dgram_namelen(const ul_dgram *d) { return d->msg.msg_namelen; }
+const void *ul_dgram_name(const ul_dgram *d) { return &d->name; }
+int ul_dgram_flags(const ul_dgram *d) { return d->msg.msg_flags; }
+
+int ul_dgram_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d, int hardlink)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_SENDMSG;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)&d->msg;
+    sqe->len = 1;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    if (hardlink)
+        sqe->flags = IOSQE_IO_HARDLINK;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_dgram_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d)
+{
+    return ul_prep_recvmsg(r, fd, ud, &d->msg, 0);
 }

@@ -57,4 +57,24 @@ int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
 
 /* Counters: [enters, submitted, completions, overflow_flushes]. */
 void ul_counters(ul_ring *r, uint64_t *out);
+
+/* ---- datagram helpers ---- */
+/* A msghdr + one iovec + a sockaddr_storage in one block, for SENDMSG/RECVMSG on
+   datagram sockets. Allocate ul_dgram_size() bytes (malloc alignment suffices). */
+typedef struct ul_dgram ul_dgram;
+size_t ul_dgram_size(void);
+/* For a send: iov = buf/len; name copied in (namelen 0: no name, a connected socket). */
+void ul_dgram_set_send(ul_dgram *d, const void *buf, size_t len, const void *name,
+                       unsigned namelen);
+/* For a receive: iov = buf/len; the name buffer is the whole sockaddr_storage. */
+void ul_dgram_set_recv(ul_dgram *d, void *buf, size_t len);
+/* After a RECVMSG completion: the source address and the msg_flags (MSG_TRUNC...). */
+unsigned ul_dgram_namelen(const ul_dgram *d);
+const void *ul_dgram_name(const ul_dgram *d);
+int ul_dgram_flags(const ul_dgram *d);
+/* SENDMSG of `d`; hardlink != 0 chains the next SQE after it (IOSQE_IO_HARDLINK: it
+   runs after this one completes, even when this one fails), which keeps datagrams of a
+   batch in order. */
+int ul_dgram_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d, int hardlink);
+int ul_dgram_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d);
 #endif

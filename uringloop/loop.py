@@ -18,8 +18,12 @@ from typing import Any
 
 from . import _caps
 from ._accept import Acceptor
+from ._datagram import DatagramMixin
+from ._readiness import ReadinessMixin
 from ._ring import BUFFER_SHIFT, F_MORE, Ring
 from ._sockops import SockOpsMixin
+from ._subprocess import SubprocessMixin
+from ._unix import UnixMixin
 from ._uring import lib
 from .transports.stream import StreamTransport
 
@@ -48,12 +52,19 @@ class _UringSelector:
         pass
 
 
-class Loop(SockOpsMixin, base_events.BaseEventLoop):
+class Loop(
+    SockOpsMixin, UnixMixin, ReadinessMixin, DatagramMixin, SubprocessMixin,
+    base_events.BaseEventLoop,
+):
     """An asyncio event loop on io_uring. Create it with :func:`uringloop.new_event_loop`."""
 
     def __init__(self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536) -> None:
         super().__init__()
-        self._ring = Ring(recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
+        try:
+            self._ring = Ring(recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
+        except BaseException:
+            self._closed = True  # half-built: BaseEventLoop.__del__ must not call close()
+            raise
         self._ring.on_error = self._on_handler_error
         self._caps = _caps.capabilities(self._ring)
         self._dirty: list[StreamTransport] = []

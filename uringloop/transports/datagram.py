@@ -1,0 +1,471 @@
+"""The datagram (UDP, Unix datagram) socket transport, with io_uring receives and sends.
+
+Reads: one single-shot ``RECVMSG`` is armed at a time, into a buffer owned by the
+transport (64 KiB for IP sockets, which holds any UDP datagram; ``max_size`` for others)
+plus a ``ul_dgram`` block (msghdr, iovec, sockaddr_storage) that the kernel fills with the
+source address. Each completion is one datagram, copied out to the protocol, and the
+receive is re-armed. Single-shot rather than multishot with the loop's provided buffers,
+because those are ``recv_buffer_size`` bytes less a header: a datagram that does not fit
+would be truncated, and a datagram cannot be read again.
+
+Writes: ``sendto()`` appends ``(bytes, sockaddr)`` to a queue. Once per loop iteration
+(the loop's ``_dirty`` list) up to :data:`MAX_BATCH` queued datagrams become one chain of
+``SENDMSG`` requests linked with ``IOSQE_IO_HARDLINK``: they run one after the other in
+queue order even when one fails, and their completions arrive in that order on the one
+send user_data. The next chain is queued only when the previous one has completed, so
+datagrams never reorder. Each datagram's bytes and its ``ul_dgram`` block stay referenced
+(``_inflight``) until its completion.
+
+Errors: an ``OSError`` from a receive or a send (ICMP errors such as ``ECONNREFUSED`` on
+a connected socket) goes to ``protocol.error_received`` and the transport goes on, as in
+asyncio; the send that failed is dropped. Errors that would repeat forever (a bad fd)
+are fatal.
+
+Life cycle: the socket is closed only after the final completion of every operation on
+it; ``connection_lost`` is called exactly once, through ``call_soon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+import warnings
+from asyncio import constants, transports, trsock  # type: ignore[attr-defined]
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import _sockaddr
+from .._uring import ffi, lib
+
+if TYPE_CHECKING:
+    from ..loop import Loop
+
+__all__ = ["DatagramTransport", "encode_address", "DGRAM_SIZE"]
+
+#: sends per linked chain (and ``ul_dgram`` blocks per transport)
+MAX_BATCH = 32
+DGRAM_SIZE: int = lib.ul_dgram_size()
+_ECANCELED = -errno.ECANCELED
+_EINTR = -errno.EINTR
+_EAGAIN = -errno.EAGAIN
+# errors that would come back on every re-armed receive: fatal, not error_received()
+_FATAL = frozenset(-e for e in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTSUPP,
+                                errno.EFAULT))
+# Python 3.13 sends empty datagrams and counts an 8-byte header per buffered datagram.
+_SEND_EMPTY = sys.version_info >= (3, 13)
+_HEADER_SIZE = 8 if _SEND_EMPTY else 0
+
+
+def _os_error(res: int) -> OSError:
+    return OSError(-res, os.strerror(-res))  # OSError() picks the errno's subclass
+
+
+def _port(port: Any) -> int:
+    port = port.__index__() if not isinstance(port, int) else port
+    if not 0 <= port <= 0xFFFF:
+        raise OverflowError("sendto(): port must be 0-65535.")
+    return port  # type: ignore[no-any-return]
+
+
+def _host(host: Any, family: int) -> str:
+    if isinstance(host, (bytes, bytearray)):
+        host = bytes(host).decode("idna")
+    if not isinstance(host, str):
+        raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
+    if family == socket.AF_INET:
+        if host == "":
+            return "0.0.0.0"
+        if host == "<broadcast>":
+            return "255.255.255.255"
+    numeric = host.partition("%")[0] if family == socket.AF_INET6 else host
+    try:
+        socket.inet_pton(family, numeric)
+        return host
+    except OSError:
+        pass
+    # A host name: resolve it (blocking), as socket.sendto() does.
+    infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM)
+    return infos[0][4][0]  # type: ignore[no-any-return]
+
+
+def encode_address(family: int, addr: Any) -> bytes:
+    """The sockaddr bytes of ``addr``, with socket.sendto()'s argument errors."""
+    if family == socket.AF_INET:
+        if not isinstance(addr, tuple):
+            raise TypeError(f"AF_INET address must be tuple, not {type(addr).__name__}")
+        if len(addr) != 2:
+            raise TypeError("AF_INET address must be a pair (host, port)")
+        return _sockaddr.encode(family, (_host(addr[0], family), _port(addr[1])))
+    if family == socket.AF_INET6:
+        if not isinstance(addr, tuple):
+            raise TypeError(f"AF_INET6 address must be tuple, not {type(addr).__name__}")
+        if not 2 <= len(addr) <= 4:
+            raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
+        flowinfo = addr[2] if len(addr) > 2 else 0
+        scope_id = addr[3] if len(addr) > 3 else 0
+        if not 0 <= flowinfo <= 0xFFFFF:
+            raise OverflowError("sendto(): flowinfo must be 0-1048575.")
+        return _sockaddr.encode(
+            family, (_host(addr[0], family), _port(addr[1]), flowinfo, scope_id)
+        )
+    if family == socket.AF_UNIX:
+        if isinstance(addr, str):
+            addr = os.fsencode(addr)
+        elif isinstance(addr, (bytes, bytearray, memoryview)):
+            addr = bytes(addr)
+        else:
+            raise TypeError(
+                f"a bytes-like object is required, not '{type(addr).__name__}'"
+            )
+        return _sockaddr.encode(family, addr)
+    raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not supported by uringloop")
+
+
+def decode_name(d: Any) -> Any:
+    """The source address a RECVMSG left in the ``ul_dgram`` ``d`` (None if none)."""
+    n = lib.ul_dgram_namelen(d)
+    if n == 0:
+        return None
+    raw = ffi.buffer(lib.ul_dgram_name(d), min(n, _sockaddr.SOCKADDR_MAX))[:]
+    if len(raw) < 2:
+        return None
+    return _sockaddr.decode(raw)
+
+
+def new_dgrams(n: int) -> tuple[Any, list[Any]]:
+    """``n`` ``ul_dgram`` blocks in one allocation: (owner, [pointers])."""
+    block = ffi.new("char[]", DGRAM_SIZE * n)
+    return block, [ffi.cast("ul_dgram *", block + i * DGRAM_SIZE) for i in range(n)]
+
+
+class DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):  # type: ignore[misc]
+    """A datagram socket transport whose I/O is io_uring operations."""
+
+    max_size = 256 * 1024  # receive buffer for non-IP sockets (as asyncio's recvfrom size)
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        address: Any = None,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(extra, loop)
+        self._loop: Loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._family = sock.family
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._address = address
+        ring = loop._ring
+        self._ring = ring
+        self._recv_ud = ring.register(self._on_recv)
+        self._send_ud = ring.register(self._on_send)
+        # read side: the buffer and msghdr the armed RECVMSG writes into
+        size = 65536 if self._family in (socket.AF_INET, socket.AF_INET6) else self.max_size
+        self._rbuf = bytearray(size)
+        self._rview = memoryview(self._rbuf)
+        self._rcbuf = ffi.from_buffer(self._rbuf, require_writable=True)
+        self._rblock, (self._rmsg,) = new_dgrams(1)
+        self._recv_armed = False
+        self._paused = False
+        self._stash: deque[tuple[bytes, Any]] = deque()
+        # write side
+        self._queue: deque[tuple[bytes, bytes | None]] = deque()
+        self._inflight: deque[tuple[bytes, Any]] = deque()  # (data, cdata) per SENDMSG
+        self._sblock, self._smsgs = new_dgrams(MAX_BATCH)
+        self._buffer_size = 0
+        self._scheduled = False
+        # life cycle
+        self._closing = False
+        self._conn_lost = 0
+        self._aborted = False
+        self._finalizing = False
+        self._lost_called = False
+        self._lost_exc: BaseException | None = None
+        self._protocol: Any = protocol
+        self._protocol_connected = False
+        loop.call_soon(self._connection_made, waiter)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<{type(self).__name__} fd={self._fd} {state}>"
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_sock", None) is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()  # type: ignore[union-attr]
+
+    # -- protocol wiring ---------------------------------------------------------------
+
+    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
+        if self._closing:
+            if waiter is not None and not waiter.cancelled():
+                waiter.set_result(None)
+            return
+        try:
+            self._protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if waiter is not None and not waiter.cancelled():
+                waiter.set_exception(exc)
+            self._fatal_error(exc, "Fatal error: protocol.connection_made() failed")
+            return
+        self._protocol_connected = True
+        if not self._paused and not self._closing:
+            self._arm_recv()
+        if waiter is not None and not waiter.cancelled():
+            waiter.set_result(None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    def _call_protocol(self, name: str, *args: Any) -> None:
+        """Call a protocol method; as in asyncio, an exception from it goes to the loop's
+        exception handler and the transport goes on."""
+        try:
+            getattr(self._protocol, name)(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {"message": f"Exception in protocol.{name}() of {self!r}", "exception": exc,
+                 "transport": self, "protocol": self._protocol}
+            )
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _arm_recv(self) -> None:
+        if self._recv_armed or self._sock is None:
+            return
+        lib.ul_dgram_set_recv(self._rmsg, self._rcbuf, len(self._rbuf))
+        rc = lib.ul_dgram_prep_recvmsg(self._ring.ptr, self._fd, self._recv_ud, self._rmsg)
+        if rc < 0:
+            self._fatal_error(_os_error(rc), "cannot queue a datagram receive")
+            return
+        self._recv_armed = True
+
+    def _on_recv(self, res: int, flags: int) -> None:
+        self._recv_armed = False
+        if res >= 0:
+            if not self._closing:
+                data = self._rview[:res].tobytes()
+                addr = decode_name(self._rmsg)
+                if self._paused or self._stash:
+                    self._stash.append((data, addr))
+                else:
+                    self._call_protocol("datagram_received", data, addr)
+        elif res == _ECANCELED or res == _EINTR or res == _EAGAIN:
+            pass
+        elif res in _FATAL:
+            self._fatal_error(_os_error(res), "Fatal read error on datagram transport")
+            return
+        elif not self._closing:
+            self._call_protocol("error_received", _os_error(res))
+        if self._closing:
+            self._maybe_finalize()
+        elif not self._paused and not self._stash:
+            self._arm_recv()
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        if self._recv_armed:
+            lib.ul_prep_cancel(self._ring.ptr, self._recv_ud, 0)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._stash:
+            self._loop.call_soon(self._deliver_stash)
+        else:
+            self._arm_recv()
+
+    def _deliver_stash(self) -> None:
+        while self._stash and not self._paused and not self._closing:
+            data, addr = self._stash.popleft()
+            self._call_protocol("datagram_received", data, addr)
+        if not self._stash and not self._paused and not self._closing:
+            self._arm_recv()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if not data and not _SEND_EMPTY:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+        if self._conn_lost or self._sock is None:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                asyncio.log.logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        raw: bytes | None = None
+        if not self._extra["peername"]:
+            try:
+                raw = encode_address(self._family, addr)
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+        data = bytes(data)  # immutable: the caller may reuse its buffer
+        self._queue.append((data, raw))
+        self._buffer_size += len(data) + _HEADER_SIZE
+        if not self._inflight and not self._scheduled:
+            self._scheduled = True
+            self._loop._dirty.append(self)  # type: ignore[arg-type]
+        self._maybe_pause_protocol()
+
+    def _flush(self) -> None:
+        """Queue the next chain of sends; called by the loop once per iteration."""
+        self._scheduled = False
+        if self._inflight or not self._queue or self._sock is None or self._aborted:
+            return
+        queue, inflight, msgs = self._queue, self._inflight, self._smsgs
+        ptr, fd, ud = self._ring.ptr, self._fd, self._send_ud
+        n = min(len(queue), MAX_BATCH)
+        for i in range(n):
+            data, raw = queue[0]
+            d = msgs[i]
+            cdata = ffi.from_buffer(data)
+            if raw is None:
+                lib.ul_dgram_set_send(d, cdata, len(data), ffi.NULL, 0)
+            else:
+                lib.ul_dgram_set_send(d, cdata, len(data), raw, len(raw))
+            rc = lib.ul_dgram_prep_sendmsg(ptr, fd, ud, d, i < n - 1)
+            if rc < 0:
+                # No SQE free: what was queued still completes; the rest goes later.
+                if not inflight:
+                    self._scheduled = True
+                    self._loop._dirty.append(self)  # type: ignore[arg-type]
+                break
+            queue.popleft()
+            inflight.append((data, cdata))
+
+    def _on_send(self, res: int, flags: int) -> None:
+        data, _ = self._inflight.popleft()
+        self._buffer_size -= len(data) + _HEADER_SIZE
+        if res < 0 and res != _ECANCELED and not self._aborted:
+            if res in _FATAL:
+                self._fatal_error(_os_error(res), "Fatal write error on datagram transport")
+            elif self._protocol_connected:
+                self._call_protocol("error_received", _os_error(res))
+        if self._inflight:
+            return
+        self._maybe_resume_protocol()  # may queue more
+        if self._queue and not self._aborted and self._sock is not None:
+            self._flush()
+        elif self._closing:
+            self._maybe_finalize()
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    # -- closing -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stash.clear()
+        if not self._queue and not self._inflight:
+            self._conn_lost += 1  # nothing left to send: later sendto() calls are dropped
+        if self._recv_armed:
+            lib.ul_prep_cancel(self._ring.ptr, self._recv_ud, 0)
+        self._maybe_finalize()
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                asyncio.log.logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": self,
+                 "protocol": self._protocol}
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._lost_called or self._finalizing:
+            return
+        if self._lost_exc is None:
+            self._lost_exc = exc
+        self._aborted = True
+        self._conn_lost = max(self._conn_lost, 1)
+        self._stash.clear()
+        for data, _ in self._queue:
+            self._buffer_size -= len(data) + _HEADER_SIZE
+        self._queue.clear()
+        self._closing = True
+        if self._sock is not None and (self._recv_armed or self._inflight):
+            lib.ul_prep_cancel_fd(self._ring.ptr, self._fd, 0)
+        self._maybe_finalize()
+
+    def _maybe_finalize(self) -> None:
+        """connection_lost once the queue is drained and nothing is in flight."""
+        if self._finalizing:
+            return
+        if self._queue and not self._aborted:
+            if not self._inflight and self._sock is not None and not self._scheduled:
+                self._flush()
+            return
+        if self._queue or self._inflight or self._recv_armed:
+            return
+        self._finalizing = True
+        self._conn_lost = max(self._conn_lost, 1)
+        self._loop.call_soon(self._call_connection_lost, self._lost_exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost_called:
+            return
+        self._lost_called = True
+        ring = self._ring
+        ring.unregister(self._recv_ud)
+        ring.unregister(self._send_ud)
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+            self._protocol = None
