@@ -171,9 +171,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -
 
 def loadgen(exe: Path, port: int, conns: int, size: int, duration: float,
             warmup: float = 0.0, rate: float = 0.0, server_pid: int | None = None,
-            cpu: str = "1", verify: bool = True) -> dict[str, Any]:
-    """Run the C load generator; sample server CPU at the window markers."""
-    cmd = ["taskset", "-c", cpu, str(exe), "--markers"]
+            cpu: str = "1", verify: bool = True,
+            extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the C load generator; sample server CPU at the window markers.
+
+    `extra` adds loadgen options, e.g. ("--reconnect",) for the accept-rate case.
+    """
+    cmd = ["taskset", "-c", cpu, str(exe), "--markers", *extra]
     if rate > 0:
         cmd += ["--rate", str(rate)]
     if not verify:

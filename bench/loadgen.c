@@ -14,6 +14,13 @@
  *   --markers     write "W" to stderr when the measured window starts and
  *                 "E" when it ends (used by echo_bench.py to sample the
  *                 server's CPU time exactly over the window).
+ *   --reconnect   accept-rate mode: every request uses a fresh connection
+ *                 (non-blocking connect, one echo of MSGSIZE bytes, close);
+ *                 CONNS is the number of connections in flight at once.
+ *                 "requests" then counts completed connections and the
+ *                 latency covers connect + echo.  The client closes first, so
+ *                 the TIME_WAIT sockets are on its side (loopback reuses them
+ *                 with net.ipv4.tcp_tw_reuse=2, the default).
  *
  * Every connection has at most one request in flight.  The first 8 bytes of
  * each message carry a per-connection sequence number, so a stale or
@@ -47,6 +54,7 @@ struct conn {
     int dead;
     int want_out;      /* EPOLLOUT currently registered */
     int busy;          /* request in flight */
+    int connecting;    /* --reconnect: non-blocking connect in progress */
     size_t sent, rcvd;
     uint64_t seq;
     uint64_t t0;       /* send time (closed) or scheduled time (open loop) */
@@ -58,6 +66,9 @@ static int epfd;
 static size_t msgsize;
 static int verify = 1;
 static uint64_t errors;
+static int reconnect;
+static const struct addrinfo *target;
+static int alive;
 
 static uint64_t now_ns(void)
 {
@@ -106,6 +117,7 @@ static void kill_conn(struct conn *c)
     errors++;
     c->dead = 1;
     c->busy = 0;
+    c->connecting = 0;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
 }
@@ -139,6 +151,52 @@ static void try_send(struct conn *c)
     set_out(c, 0);
 }
 
+static void start_request(struct conn *c, uint64_t t0);
+
+/* --reconnect: open a fresh non-blocking connection for the next request. */
+static void reopen(struct conn *c, uint64_t t0)
+{
+    int fd = socket(target->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        errors++;
+        return; /* stays dead */
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd = fd;
+    c->dead = 0;
+    c->want_out = 1;
+    c->seq++;
+    memcpy(c->sbuf, &c->seq, msgsize < 8 ? msgsize : 8);
+    c->sent = c->rcvd = 0;
+    c->busy = 1;
+    c->t0 = t0;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT};
+    ev.data.ptr = c;
+    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (connect(fd, target->ai_addr, target->ai_addrlen) == 0) {
+        c->connecting = 0;
+        try_send(c);
+    } else if (errno == EINPROGRESS) {
+        c->connecting = 1;
+    } else {
+        c->dead = 0;
+        kill_conn(c);
+    }
+}
+
+/* --reconnect: a connection finished (or failed): close it, start the next. */
+static void recycle(struct conn *c, uint64_t t0)
+{
+    if (!c->dead) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->dead = 1;
+    }
+    c->busy = 0;
+    reopen(c, t0);
+}
+
 static void start_request(struct conn *c, uint64_t t0)
 {
     c->seq++;
@@ -164,9 +222,19 @@ static int connect_to(const struct addrinfo *ai)
     return fd;
 }
 
+/* A connection failed: count it; in --reconnect mode start a fresh one. */
+static void fail(struct conn *c)
+{
+    kill_conn(c);
+    if (reconnect)
+        reopen(c, now_ns());
+    else
+        alive--;
+}
+
 static void usage(void)
 {
-    fprintf(stderr, "usage: loadgen [--rate R] [--no-verify] [--markers] "
+    fprintf(stderr, "usage: loadgen [--rate R] [--no-verify] [--markers] [--reconnect] "
                     "HOST PORT CONNS MSGSIZE DURATION_S [WARMUP_S]\n");
     exit(2);
 }
@@ -184,6 +252,8 @@ int main(int argc, char **argv)
             verify = 0;
         else if (!strcmp(argv[i], "--markers"))
             markers = 1;
+        else if (!strcmp(argv[i], "--reconnect"))
+            reconnect = 1;
         else if (argv[i][0] == '-' && argv[i][1] == '-')
             usage();
         else if (npos < 6)
@@ -200,6 +270,10 @@ int main(int argc, char **argv)
     double warmup = npos > 5 ? atof(pos[5]) : 0.0;
     if (nconns <= 0 || msgsize == 0 || duration <= 0 || warmup < 0)
         usage();
+    if (reconnect && rate > 0) {
+        fprintf(stderr, "loadgen: --reconnect is closed-loop only\n");
+        return 2;
+    }
     alarm((unsigned)(warmup + duration) + 30); /* hard safety net */
 
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai;
@@ -213,8 +287,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < msgsize; i++)
         pattern[i] = (unsigned char)('a' + i % 26);
 
-    int alive = 0;
-    for (int i = 0; i < nconns; i++) {
+    target = ai;
+    for (int i = 0; i < nconns && !reconnect; i++) {
         struct conn *c = &conns[i];
         c->sbuf = malloc(msgsize);
         c->rbuf = malloc(msgsize);
@@ -231,7 +305,17 @@ int main(int argc, char **argv)
         epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
         alive++;
     }
-    freeaddrinfo(ai);
+    if (reconnect) {
+        for (int i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            c->sbuf = malloc(msgsize);
+            c->rbuf = malloc(msgsize);
+            memcpy(c->sbuf, pattern, msgsize);
+            c->seq = (uint64_t)i << 40;
+            c->dead = 1;
+            alive++;
+        }
+    }
 
     uint64_t t_start = now_ns();
     uint64_t t_win = t_start + (uint64_t)(warmup * 1e9);
@@ -244,13 +328,16 @@ int main(int argc, char **argv)
         ev.data.u64 = TIMER_TAG;
         epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &ev);
     }
-    for (int i = 0; i < nconns; i++) {
+    for (int i = 0; i < nconns && !reconnect; i++) {
         if (conns[i].dead)
             continue;
         if (rate > 0)
             conns[i].next_at = t_start + interval * (uint64_t)i / (uint64_t)nconns;
         else
             start_request(&conns[i], t_start);
+    }
+    for (int i = 0; i < nconns && reconnect; i++) {
+        reopen(&conns[i], t_start);
     }
 
     uint64_t requests = 0;
@@ -315,14 +402,28 @@ int main(int argc, char **argv)
             if (c->dead)
                 continue;
             if (evs[k].events & (EPOLLERR | EPOLLHUP) && !(evs[k].events & EPOLLIN)) {
-                kill_conn(c);
-                alive--;
+                fail(c);
                 continue;
             }
-            if (evs[k].events & EPOLLOUT)
+            if (c->connecting && (evs[k].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                c->connecting = 0;
+                if (err) {
+                    c->dead = 0;
+                    fail(c);
+                    continue;
+                }
                 try_send(c);
+            } else if (evs[k].events & EPOLLOUT) {
+                try_send(c);
+            }
             if (c->dead) {
-                alive--;
+                if (reconnect)
+                    reopen(c, now_ns());
+                else
+                    alive--;
                 continue;
             }
             if (!(evs[k].events & EPOLLIN))
@@ -333,8 +434,7 @@ int main(int argc, char **argv)
                     char b;
                     ssize_t r = recv(c->fd, &b, 1, MSG_PEEK);
                     if (r == 0 || (r > 0) || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-                        kill_conn(c);
-                        alive--;
+                        fail(c);
                     }
                     break;
                 }
@@ -344,8 +444,7 @@ int main(int argc, char **argv)
                 if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                     break;
                 if (r <= 0) {
-                    kill_conn(c);
-                    alive--;
+                    fail(c);
                     break;
                 }
                 c->rcvd += (size_t)r;
@@ -353,14 +452,17 @@ int main(int argc, char **argv)
                     continue;
                 uint64_t t = now_ns();
                 if (verify && memcmp(c->rbuf, c->sbuf, msgsize) != 0) {
-                    kill_conn(c);
-                    alive--;
+                    fail(c);
                     break;
                 }
                 c->busy = 0;
                 if (in_window && t < t_end) {
                     requests++;
                     record(t - c->t0);
+                }
+                if (reconnect) {
+                    recycle(c, t);
+                    break;
                 }
                 if (rate <= 0)
                     start_request(c, t);
@@ -370,7 +472,7 @@ int main(int argc, char **argv)
                     start_request(c, at);
                 }
                 if (c->dead) {
-                    alive--;
+                    fail(c);
                     break;
                 }
             }

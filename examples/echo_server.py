@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import signal
 import socket
 import sys
@@ -149,6 +150,17 @@ async def start(args: argparse.Namespace) -> asyncio.AbstractServer:
     )
 
 
+def raise_nofile(n: int) -> None:
+    """Raise RLIMIT_NOFILE to n (the hard limit too, where permitted)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= n:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(n, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, serve until SIGINT/SIGTERM."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -159,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zerocopy", action="store_true",
                    help="echo with transport.write_zerocopy() (uringloop)")
     p.add_argument("--quiet", action="store_true", help="no per-connection logging")
+    p.add_argument("--nofile", type=int, default=0,
+                   help="raise RLIMIT_NOFILE to this (e.g. 65536 for 10k+ connections)")
     args = p.parse_args(argv)
+    if args.nofile:
+        raise_nofile(args.nofile)
 
     loop = new_loop(args.loop)
     asyncio.set_event_loop(loop)
