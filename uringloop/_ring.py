@@ -171,6 +171,13 @@ class Ring:
                     self.on_error(exc, handler)
         return n
 
+    def submit(self) -> None:
+        """Start what is queued now (no wait), for operations whose effect callers
+        expect at once, as a direct system call would give it."""
+        rc = lib.ul_submit(self._ptr)
+        if rc < 0 and rc != -errno.EBUSY and rc != -errno.EAGAIN:
+            self._raise_run_error(-rc)
+
     def _raise_run_error(self, err: int) -> None:
         if err == errno.EEXIST:
             raise RuntimeError(

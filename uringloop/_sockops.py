@@ -85,6 +85,10 @@ class SockOpsMixin:
         if rc < 0:
             self._ring.unregister(op.ud)
             fut.set_exception(OSError(-rc, os.strerror(-rc)))
+        else:
+            # Start it now, as the stdlib's direct system call would: a caller may block
+            # on the effect (e.g. a peer's accept()) before the loop iterates again.
+            self._ring.submit()
         return fut
 
     def _recv_stash(self) -> weakref.WeakKeyDictionary[socket.socket, bytearray]:

@@ -596,6 +596,13 @@ int ul_prep_splice(ul_ring *r, int fd_in, int64_t off_in, int fd_out, int64_t of
     return 0;
 }
 
+int ul_submit(ul_ring *r)
+{
+    if (r->sqe_tail == r->sqe_flushed)
+        return 0;
+    return flush_submit(r, 0, 0, NULL, 0);
+}
+
 /* ---- completion ---- */
 
 static void recycle_buffers(ul_ring *r)

@@ -48,6 +48,10 @@ int ul_prep_poll_remove(ul_ring *r, uint64_t target, uint64_t ud);
 int ul_prep_splice(ul_ring *r, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
                    unsigned len, unsigned splice_flags, uint64_t ud, int link);
 
+/* Hand everything queued to the kernel now, without waiting or reaping (the requests
+   start at once; their completions are reaped by the next ul_run). */
+int ul_submit(ul_ring *r);
+
 /* Submit everything queued, wait for `wait_nr` completions (timeout_ns < 0: no limit),
    then copy up to `max` completions into the arrays. Returns the number copied, or a
    negative errno on a fatal ring error. Buffers of the provided ring consumed by the

@@ -199,6 +199,12 @@ class Loop(
         acceptor = self._acceptors.pop(sock.fileno(), None)
         if acceptor is not None:
             acceptor.stop()
+            # The pending accept holds a reference to the socket until its cancellation
+            # completes; shutting the listener down refuses new connections right now.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         sock.close()
 
     async def _accept_connection2(

@@ -379,9 +379,11 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
         data = bytes(data)  # the caller may reuse its buffer as soon as we return
         self._queue.append(data)
         self._size += len(data)
-        if not self._inflight and not self._scheduled:
-            self._scheduled = True
-            self._loop._dirty.append(self)  # type: ignore[arg-type]
+        if not self._inflight:
+            # Write at once, as the stdlib's os.write() would: a reader may be waiting
+            # on this data outside the loop.
+            self._flush()
+            self._loop._ring.submit()
         self._maybe_pause_protocol()
 
     def _flush(self) -> None:

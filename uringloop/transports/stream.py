@@ -26,7 +26,6 @@ from asyncio import (
     transports,
     trsock,  # type: ignore[attr-defined]
 )
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
@@ -60,6 +59,14 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
     """A socket stream transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024
+
+    __slots__ = (
+        "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_bufsize", "_recv_ud",
+        "_send_ud", "_queue", "_buffer_size", "_send_data", "_send_len", "_send_inflight",
+        "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
+        "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted",
+        "_protocol", "_buffered", "_protocol_connected",
+    )
 
     def __init__(
         self,
@@ -102,7 +109,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         self._recv_ud = ring.register(self._on_recv)
         self._send_ud = ring.register(self._on_send)
         # write side
-        self._queue: deque[Any] = deque()  # bytes chunks and ZeroCopyWrite entries
+        self._queue: list[Any] = []  # bytes chunks and ZeroCopyWrite entries, in order
         self._buffer_size = 0  # bytes written but not yet confirmed sent
         self._send_data: Any = None  # what the in-flight SEND points into (kept alive)
         self._send_len = 0
@@ -374,11 +381,11 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             return
         queue = self._queue
         if len(queue) > 1 and type(queue[1]) is not ZeroCopyWrite:
-            parts = []
-            while queue and type(queue[0]) is not ZeroCopyWrite:
-                parts.append(queue.popleft())
-            head = b"".join(parts)
-            queue.appendleft(head)
+            end = 1
+            while end < len(queue) and type(queue[end]) is not ZeroCopyWrite:
+                end += 1
+            head = b"".join(queue[:end])
+            queue[:end] = [head]
         data = ffi.from_buffer(head)
         self._send_data = data
         self._send_len = len(head)
@@ -399,7 +406,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             return
         self._buffer_size -= res
         if res == self._send_len:
-            self._queue.popleft()
+            del self._queue[0]
             self._send_data = None
         else:
             # Short send: keep the rest at the head of the queue, in order.
@@ -420,7 +427,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             return
         self._buffer_size -= res
         if entry.sent_all:
-            self._queue.popleft()
+            del self._queue[0]
         self._after_send()
 
     def _after_send(self) -> None:
