@@ -449,7 +449,7 @@ int ul_prep_recv_multishot(ul_ring *r, int fd, uint64_t ud, unsigned short bgid)
     return 0;
 }
 
-int ul_prep_send(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len, int msg_flags)
+int ul_prep_send(ul_ring *r, int fd, uint64_t ud, const char *buf, unsigned len, int msg_flags)
 {
     GET_SQE(r, sqe);
     sqe->opcode = IORING_OP_SEND;

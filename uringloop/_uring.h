@@ -33,7 +33,7 @@ int ul_prep_accept(ul_ring *r, int fd, uint64_t ud, int multishot, void *addr, v
 int ul_prep_connect(ul_ring *r, int fd, uint64_t ud, const void *addr, unsigned addrlen);
 int ul_prep_recv(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, int msg_flags);
 int ul_prep_recv_multishot(ul_ring *r, int fd, uint64_t ud, unsigned short bgid);
-int ul_prep_send(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len, int msg_flags);
+int ul_prep_send(ul_ring *r, int fd, uint64_t ud, const char *buf, unsigned len, int msg_flags);
 int ul_prep_send_zc(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len,
                     int msg_flags, unsigned zc_flags, unsigned buf_index);
 int ul_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, const void *msghdr, int msg_flags, int zc, unsigned zc_flags);

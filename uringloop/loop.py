@@ -52,6 +52,26 @@ class _UringSelector:
         pass
 
 
+_malloc_primed = False
+
+
+def _prime_malloc() -> None:
+    """Let glibc's malloc adapt to large buffers before the first request, not after.
+
+    Received data becomes ``bytes`` of up to a receive buffer (64 KiB) and coalesced
+    writes can be larger. With glibc's start-up thresholds (128 KiB) every such burst
+    frees memory at the heap top, which glibc trims and the next request faults back in
+    (the cliff that makes the stdlib loop slow until its first connection closes).
+    Freeing one mmapped chunk raises glibc's dynamic thresholds (mmap 2 MiB, trim
+    4 MiB); no mallopt() call, so its dynamic tuning stays on.
+    """
+    global _malloc_primed
+    if not _malloc_primed:
+        _malloc_primed = True
+        buf = bytearray(2 << 20)
+        del buf
+
+
 class Loop(
     SockOpsMixin, UnixMixin, ReadinessMixin, DatagramMixin, SubprocessMixin,
     base_events.BaseEventLoop,
@@ -60,6 +80,7 @@ class Loop(
 
     def __init__(self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536) -> None:
         super().__init__()
+        _prime_malloc()
         try:
             self._ring = Ring(recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
         except BaseException:

@@ -62,10 +62,10 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
 
     __slots__ = (
         "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_bufsize", "_recv_ud",
-        "_send_ud", "_queue", "_buffer_size", "_send_data", "_send_len", "_send_inflight",
+        "_send_ud", "_queue", "_buffer_size", "_send_len", "_send_inflight",
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted",
-        "_protocol", "_buffered", "_protocol_connected",
+        "_protocol", "_buffered", "_protocol_connected", "_direct",
     )
 
     def __init__(
@@ -111,7 +111,6 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         # write side
         self._queue: list[Any] = []  # bytes chunks and ZeroCopyWrite entries, in order
         self._buffer_size = 0  # bytes written but not yet confirmed sent
-        self._send_data: Any = None  # what the in-flight SEND points into (kept alive)
         self._send_len = 0
         self._send_inflight = False
         self._zc_inflight: ZeroCopyWrite | None = None
@@ -131,6 +130,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         self._aborted = False
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._direct = not self._buffered
         self._protocol_connected = False
         loop.call_soon(self._connection_made, waiter)
 
@@ -168,6 +168,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._update_direct()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -193,7 +194,21 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         if self._recv_armed:
             lib.ul_prep_cancel(self._ring.ptr, self._recv_ud, 0)
 
+    def _update_direct(self) -> None:
+        """Whether received data goes straight to ``protocol.data_received``."""
+        self._direct = not (self._closing or self._paused or self._stash or self._buffered)
+
     def _on_recv(self, res: int, flags: int) -> None:
+        if res > 0 and flags & F_MORE and self._direct:
+            # The hot path: data for a plain Protocol, receive still armed.
+            off = (flags >> BUFFER_SHIFT) * self._bufsize
+            try:
+                self._protocol.data_received(self._pbuf[off : off + res].tobytes())
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return
         if not flags & F_MORE:
             self._recv_armed = False
         if res > 0:
@@ -203,6 +218,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             elif self._paused or self._stash:
                 # Paused, or stashed data still waits for delivery: keep the byte order.
                 self._stash.append(self._pbuf[off : off + res].tobytes())
+                self._direct = False
             elif self._buffered:
                 self._feed_buffered(off, res)
             else:
@@ -254,7 +270,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         if self._closing:
             return
         if self._paused or self._stash:
-            self._stash.append(b"")  # delivered after the stashed data on resume
+            self._stash.append(b"")
+            self._direct = False  # delivered after the stashed data on resume
             return
         self._deliver_eof()
 
@@ -273,12 +290,14 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         if self._closing or self._paused:
             return
         self._paused = True
+        self._direct = False
         self._cancel_recv()
 
     def resume_reading(self) -> None:
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._update_direct()
         if self._stash:
             self._loop.call_soon(self._deliver_stash)
         elif not self._read_eof:
@@ -300,33 +319,35 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                 return
+        self._update_direct()
         if not self._stash and not self._paused and not self._read_eof:
             self._arm_recv()
 
     # -- writing -----------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-            )
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+                )
+            data = bytes(data)  # the caller may reuse its buffer as soon as we return
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
-        if self._conn_lost or self._closing and self._sock is None:
+        if self._conn_lost:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 asyncio.log.logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if type(data) is not bytes:
-            data = bytes(data)  # the caller may reuse its buffer as soon as we return
         self._queue.append(data)
         self._buffer_size += len(data)
         if not self._send_inflight and not self._scheduled:
             self._scheduled = True
             self._loop._dirty.append(self)
-        self._maybe_pause_protocol()
+        if self._buffer_size > self._high_water:
+            self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -367,29 +388,29 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
     def _flush(self) -> None:
         """Queue the next send; called by the loop once per iteration when dirty."""
         self._scheduled = False
-        if self._send_inflight or not self._queue or self._sock is None:
-            return
-        head = self._queue[0]
-        if type(head) is ZeroCopyWrite:
-            try:
-                head.submit(self._ring.ptr, self._fd)
-            except OSError as exc:
-                self._fatal_error(exc, "cannot queue a zero-copy send")
-                return
-            self._zc_inflight = head
-            self._send_inflight = True
-            return
         queue = self._queue
-        if len(queue) > 1 and type(queue[1]) is not ZeroCopyWrite:
+        if self._send_inflight or not queue or self._sock is None:
+            return
+        head = queue[0]
+        if len(queue) > 1 or type(head) is not bytes:
+            if type(head) is ZeroCopyWrite:
+                try:
+                    head.submit(self._ring.ptr, self._fd)
+                except OSError as exc:
+                    self._fatal_error(exc, "cannot queue a zero-copy send")
+                    return
+                self._zc_inflight = head
+                self._send_inflight = True
+                return
             end = 1
             while end < len(queue) and type(queue[end]) is not ZeroCopyWrite:
                 end += 1
-            head = b"".join(queue[:end])
-            queue[:end] = [head]
-        data = ffi.from_buffer(head)
-        self._send_data = data
-        self._send_len = len(head)
-        rc = lib.ul_prep_send(self._ring.ptr, self._fd, self._send_ud, data, self._send_len, 0)
+            if end > 1:  # coalesce this iteration's writes into one send
+                head = b"".join(queue[:end])
+                queue[:end] = [head]
+        # The bytes object stays at the head of the queue until the send's CQE.
+        self._send_len = n = len(head)
+        rc = lib.ul_prep_send(self._ring.ptr, self._fd, self._send_ud, head, n, 0)
         if rc < 0:
             self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a send")
             return
@@ -397,8 +418,19 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
 
     def _on_send(self, res: int, flags: int) -> None:
         self._send_inflight = False
+        if res == self._send_len and not self._aborted:
+            # The common case: everything sent.
+            self._buffer_size -= res
+            queue = self._queue
+            del queue[0]
+            if self._protocol_paused:
+                self._maybe_resume_protocol()
+            if queue:
+                self._flush()
+            elif self._eof or self._closing:
+                self._after_send()
+            return
         if res < 0:
-            self._send_data = None
             if res == _ECANCELED and self._closing:
                 self._maybe_finalize()
                 return
@@ -407,12 +439,9 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         self._buffer_size -= res
         if res == self._send_len:
             del self._queue[0]
-            self._send_data = None
         else:
             # Short send: keep the rest at the head of the queue, in order.
-            rest = memoryview(self._queue[0])[res:].tobytes()
-            self._queue[0] = rest
-            self._send_data = None
+            self._queue[0] = memoryview(self._queue[0])[res:].tobytes()
         self._after_send()
 
     def _on_zerocopy_sent(self, entry: ZeroCopyWrite, res: int) -> None:
@@ -472,6 +501,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         if self._closing:
             return
         self._closing = True
+        self._direct = False
         self._cancel_recv()
         self._conn_lost += 1
         self._maybe_finalize()
@@ -503,6 +533,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         self._maybe_resume_protocol()
         if not self._closing:
             self._closing = True
+            self._direct = False
             self._conn_lost += 1
         if self._sock is not None and (self._recv_armed or self._send_inflight):
             lib.ul_prep_cancel_fd(self._ring.ptr, self._fd, 0)
