@@ -21,6 +21,7 @@ from ._accept import Acceptor
 from ._datagram import DatagramMixin
 from ._readiness import ReadinessMixin
 from ._ring import BUFFER_SHIFT, F_MORE, Ring
+from ._sendfile import SendfileMixin
 from ._sockops import SockOpsMixin
 from ._subprocess import SubprocessMixin
 from ._unix import UnixMixin
@@ -73,7 +74,7 @@ def _prime_malloc() -> None:
 
 
 class Loop(
-    SockOpsMixin, UnixMixin, ReadinessMixin, DatagramMixin, SubprocessMixin,
+    SockOpsMixin, SendfileMixin, UnixMixin, ReadinessMixin, DatagramMixin, SubprocessMixin,
     base_events.BaseEventLoop,
 ):
     """An asyncio event loop on io_uring. Create it with :func:`uringloop.new_event_loop`."""

@@ -29,7 +29,7 @@ from asyncio import (
 from typing import TYPE_CHECKING, Any
 
 from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
-from .._uring import ffi, lib
+from .._uring import lib
 from ..zerocopy import ZeroCopyResult, ZeroCopyWrite, as_send_buffer
 
 if TYPE_CHECKING:
@@ -59,13 +59,14 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
     """A socket stream transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE  # type: ignore[attr-defined]
 
     __slots__ = (
         "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_bufsize", "_recv_ud",
         "_send_ud", "_queue", "_buffer_size", "_send_len", "_send_inflight",
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted",
-        "_protocol", "_buffered", "_protocol_connected", "_direct",
+        "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter",
     )
 
     def __init__(
@@ -132,6 +133,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._direct = not self._buffered
         self._protocol_connected = False
+        self._empty_waiter: asyncio.Future[None] | None = None
         loop.call_soon(self._connection_made, waiter)
 
     def __repr__(self) -> str:
@@ -334,6 +336,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             data = bytes(data)  # the caller may reuse its buffer as soon as we return
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._conn_lost:
@@ -427,7 +431,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
                 self._maybe_resume_protocol()
             if queue:
                 self._flush()
-            elif self._eof or self._closing:
+            elif self._eof or self._closing or self._empty_waiter is not None:
                 self._after_send()
             return
         if res < 0:
@@ -470,6 +474,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
             if self._sock is not None:
                 self._flush()
             return
+        self._wake_empty_waiter()
         if self._eof:
             self._shutdown_write()
         if self._closing:
@@ -477,6 +482,26 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
 
     def get_write_buffer_size(self) -> int:
         return self._buffer_size
+
+    def _make_empty_waiter(self) -> asyncio.Future[None]:
+        """A future resolved once every queued write has been sent (for sendfile)."""
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self._queue and not self._send_inflight:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+
+    def _wake_empty_waiter(self, exc: BaseException | None = None) -> None:
+        waiter = self._empty_waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     def can_write_eof(self) -> bool:
         return True
@@ -526,6 +551,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         if self._lost_exc is None:
             self._lost_exc = exc
         self._aborted = True
+        self._wake_empty_waiter(exc or ConnectionAbortedError("transport closed"))
         unsent = exc or ConnectionAbortedError("transport aborted before the data was sent")
         self._queue_fail(unsent)
         if self._buffer_size and not self._send_inflight:
