@@ -62,7 +62,7 @@ class Acceptor:
             self._retry.cancel()
             self._retry = None
         ring = self._loop._ring
-        if self._armed and not ring.closed:
+        if self._armed and not ring.closed and not ring.forked:
             lib.ul_prep_cancel(ring.ptr, self._ud, 0)
         else:
             ring.unregister(self._ud)

@@ -76,11 +76,13 @@ def capabilities(ring: Ring | None = None) -> Capabilities:
     global _cached
     if _cached is not None:
         return _cached
+    from .errors import fake_setup_errno, unsupported_from_errno
+
+    if fake_setup_errno():  # test hook: io_uring_setup "fails"
+        raise unsupported_from_errno(fake_setup_errno())
     err = ffi.new("int *")
     ptr = lib.ul_ring_create(8, 16, err)
     if ptr == ffi.NULL:
-        from .errors import unsupported_from_errno
-
         raise unsupported_from_errno(err[0])
     try:
         sup = ffi.new("unsigned char[256]")

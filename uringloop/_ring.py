@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._uring import ffi, lib
-from .errors import unsupported_from_errno
+from .errors import fake_setup_errno, unsupported_from_errno
 
 __all__ = ["Ring", "Handler"]
 
@@ -68,6 +68,8 @@ class Ring:
         recv_buffers: int = 512,
         recv_buffer_size: int = 65536,
     ) -> None:
+        if fake_setup_errno():  # test hook: io_uring_setup "fails"
+            raise unsupported_from_errno(fake_setup_errno())
         err = ffi.new("int *")
         ptr = lib.ul_ring_create(entries, cq_entries, err)
         if ptr == ffi.NULL:
@@ -122,10 +124,13 @@ class Ring:
     def ptr(self) -> Any:
         if self.closed:
             raise RuntimeError("the io_uring of this loop is closed")
+        if self.forked:
+            raise RuntimeError("uringloop: a loop inherited through fork() cannot be used")
         return self._ptr
 
     def counters(self) -> dict[int | str, int]:
-        lib.ul_counters(self._ptr, self._counters)
+        if self._ptr != ffi.NULL:  # after close(): the values read when it closed
+            lib.ul_counters(self._ptr, self._counters)
         c = self._counters
         return {"enters": c[0], "submitted": c[1], "completions": c[2], "overflow_flushes": c[3]}
 
@@ -145,6 +150,8 @@ class Ring:
         Returns the number of completions dispatched. An exception from a handler goes
         to :attr:`on_error` and the rest of the batch is still dispatched.
         """
+        if self.closed:
+            raise RuntimeError("the io_uring of this loop is closed")
         if timeout is None:
             n = lib.ul_run(self._ptr, 1, -1, self._ud, self._res, self._flags, self._cap)
         elif timeout > 0:
@@ -174,6 +181,8 @@ class Ring:
     def submit(self) -> None:
         """Start what is queued now (no wait), for operations whose effect callers
         expect at once, as a direct system call would give it."""
+        if self.closed:
+            raise RuntimeError("the io_uring of this loop is closed")
         rc = lib.ul_submit(self._ptr)
         if rc < 0 and rc != -errno.EBUSY and rc != -errno.EAGAIN:
             self._raise_run_error(-rc)
@@ -201,5 +210,6 @@ class Ring:
             self.pbuf.release()
         except BufferError:  # a slice is still exported: keep the mapping (leak, not crash)
             return
+        lib.ul_counters(self._ptr, self._counters)
         lib.ul_ring_destroy(self._ptr)
         self._ptr = ffi.NULL

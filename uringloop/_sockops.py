@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
 import os
 import socket
 import weakref
@@ -17,10 +19,22 @@ from ._uring import ffi, lib
 __all__ = ["SockOpsMixin"]
 
 
+# The buffers of operations in flight are pinned here, by a module-level table, not only
+# by the operation object. A loop dropped with operations in flight is a garbage reference
+# cycle (ring -> handler -> operation -> future -> loop), and CPython's cycle collector
+# clears a memoryview in such a cycle even while a cffi pointer still exports it
+# (memory_clear drops its managed buffer with exports > 0), which segfaults when that
+# export is released. A pinned buffer is never garbage. The final CQE unpins it; if that
+# never comes (the ring was closed first) it stays pinned: the kernel might still use it.
+_PINNED: dict[int, Any] = {}
+_MAX_RECV = 0x7FFFF000  # the kernel's MAX_RW_COUNT: no receive returns more
+_pin_keys = itertools.count()
+
+
 class _OneShot:
     """One operation: holds its buffers until the final CQE, then resolves its future."""
 
-    __slots__ = ("ring", "fut", "keep", "convert", "ud", "orphan")
+    __slots__ = ("ring", "fut", "pin", "convert", "ud", "orphan")
 
     def __init__(
         self, ring: Ring, fut: asyncio.Future[Any], keep: Any, convert: Callable[[int], Any],
@@ -29,7 +43,8 @@ class _OneShot:
         self.ring = ring
         self.orphan = orphan
         self.fut = fut
-        self.keep = keep
+        self.pin = next(_pin_keys)
+        _PINNED[self.pin] = keep
         self.convert = convert
         self.ud = ring.register(self._on_cqe)
         fut.add_done_callback(self._on_done)
@@ -38,7 +53,7 @@ class _OneShot:
         if flags & F_MORE:
             return
         self.ring.unregister(self.ud)
-        self.keep = None
+        _PINNED.pop(self.pin, None)
         fut = self.fut
         if fut.done():
             if res >= 0 and self.orphan is not None:
@@ -84,6 +99,7 @@ class SockOpsMixin:
         rc = prep(self._ring.ptr, op.ud)
         if rc < 0:
             self._ring.unregister(op.ud)
+            _PINNED.pop(op.pin, None)
             fut.set_exception(OSError(-rc, os.strerror(-rc)))
         else:
             # Start it now, as the stdlib's direct system call would: a caller may block
@@ -121,9 +137,11 @@ class SockOpsMixin:
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         self._check_sock(sock)
-        n = int(n)
+        n = operator.index(n)  # like socket.recv: TypeError for floats, str, None
         if n < 0:
             raise ValueError("negative buffersize in recv")
+        if n > _MAX_RECV:  # refuse before allocating (and zeroing) a huge buffer
+            raise OverflowError(f"buffersize {n} is larger than one receive can fill")
         stashed = self._take_stashed(sock, n)
         if stashed is not None:
             return stashed

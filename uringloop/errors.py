@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["UnsupportedError", "unsupported_from_errno"]
+__all__ = ["UnsupportedError", "fake_setup_errno", "unsupported_from_errno"]
 
 
 class UnsupportedError(OSError):
@@ -37,6 +37,19 @@ _CAUSES = {
         "run on Linux 5.19 or newer",
     ),
 }
+
+
+def fake_setup_errno() -> int:
+    """Test hook: the errno named by ``URINGLOOP_FAKE_SETUP_ERRNO`` (``EPERM``, ``ENOSYS``,
+    or a number), or 0. When set, every ring creation fails as if ``io_uring_setup`` had
+    failed with it, so the unavailable-io_uring paths can be tested on any kernel."""
+    value = os.environ.get("URINGLOOP_FAKE_SETUP_ERRNO", "").strip()
+    if not value:
+        return 0
+    err = int(value) if value.isdigit() else getattr(errno, value.upper(), 0)
+    if not isinstance(err, int) or err <= 0:
+        raise ValueError(f"URINGLOOP_FAKE_SETUP_ERRNO={value!r} is not an errno")
+    return err
 
 
 def unsupported_from_errno(err: int) -> UnsupportedError:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from .errors import UnsupportedError
 from .loop import Loop
 
 __all__ = ["new_event_loop", "EventLoopPolicy", "install", "run"]
@@ -14,31 +17,79 @@ __all__ = ["new_event_loop", "EventLoopPolicy", "install", "run"]
 T = TypeVar("T")
 
 
-def new_event_loop() -> Loop:
-    """A new uringloop event loop (raises UnsupportedError if io_uring is unavailable)."""
-    return Loop()
+def _warn_fallback(exc: UnsupportedError, stacklevel: int) -> None:
+    warnings.warn(
+        f"uringloop: falling back to the stdlib asyncio event loop: {exc.strerror or exc}",
+        RuntimeWarning, stacklevel=stacklevel + 1,
+    )
+
+
+def new_event_loop(*, fallback: bool = False) -> asyncio.AbstractEventLoop:
+    """A new uringloop event loop.
+
+    If io_uring is unavailable this raises :class:`UnsupportedError` (naming the cause and
+    the remedy), or with ``fallback=True`` warns once (``RuntimeWarning``, with the same
+    reason) and returns a stdlib ``asyncio`` loop instead.
+    """
+    try:
+        return Loop()
+    except UnsupportedError as exc:
+        if not fallback:
+            raise
+        _warn_fallback(exc, 2)
+        return asyncio.SelectorEventLoop()
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
-    """An event loop policy whose loops are uringloop loops."""
+    """An event loop policy whose loops are uringloop loops (stdlib loops with
+    ``fallback=True`` when io_uring is unavailable, without a warning per loop)."""
 
-    def _loop_factory(self) -> Loop:  # type: ignore[override]
+    def __init__(self, *, fallback: bool = False) -> None:
+        super().__init__()
+        self._fallback = fallback
+
+    def _loop_factory(self) -> asyncio.AbstractEventLoop:  # type: ignore[override]
+        if self._fallback:
+            try:
+                return Loop()
+            except UnsupportedError:
+                return asyncio.SelectorEventLoop()
         return new_event_loop()
 
 
-def install() -> None:
-    """Make uringloop the default loop of this process (``asyncio.set_event_loop_policy``)."""
-    asyncio.set_event_loop_policy(EventLoopPolicy())
+def install(*, fallback: bool = False) -> None:
+    """Make uringloop the default loop of this process (``asyncio.set_event_loop_policy``).
+
+    With ``fallback=True`` and io_uring unavailable it warns once (``RuntimeWarning``
+    naming the reason) and installs a policy whose loops are stdlib loops.
+    """
+    if fallback:
+        from . import _caps
+
+        try:
+            _caps.capabilities()  # one throwaway ring: can this process use io_uring?
+        except UnsupportedError as exc:
+            _warn_fallback(exc, 2)
+    asyncio.set_event_loop_policy(EventLoopPolicy(fallback=fallback))
 
 
-def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
-    """Run ``main`` on a new uringloop loop, like ``asyncio.run`` (and ``uvloop.run``)."""
+def run(
+    main: Coroutine[Any, Any, T], *, debug: bool | None = None, fallback: bool = False
+) -> T:
+    """Run ``main`` on a new uringloop loop, like ``asyncio.run`` (and ``uvloop.run``);
+    ``fallback=True``: on a stdlib loop, with a RuntimeWarning, if io_uring is unavailable."""
     if not asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
+    factory = functools.partial(new_event_loop, fallback=fallback)
     if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as runner:
+        try:
+            loop = factory()
+        except BaseException:
+            main.close()  # as asyncio.run leaves no "never awaited" warning behind
+            raise
+        with asyncio.Runner(loop_factory=lambda: loop, debug=debug) as runner:
             return runner.run(main)
-    loop = new_event_loop()  # pragma: no cover (3.10)
+    loop = factory()  # pragma: no cover (3.10)
     try:  # pragma: no cover
         asyncio.set_event_loop(loop)
         if debug is not None:

@@ -1,0 +1,127 @@
+"""io_uring unavailable: the error names cause and remedy; ``fallback=True`` falls back.
+
+io_uring_setup failing is simulated in a child process with the documented test hook
+``URINGLOOP_FAKE_SETUP_ERRNO`` (read by every ring creation), for EPERM (sysctl
+``kernel.io_uring_disabled``, Docker's seccomp profile) and ENOSYS (no io_uring in the
+kernel, podman/CRI-O seccomp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys, warnings
+    import uringloop
+    out = {}
+
+    async def which():
+        return type(asyncio.get_running_loop()).__module__
+
+    try:
+        uringloop.new_event_loop()
+        out["strict"] = "no error"
+    except uringloop.UnsupportedError as exc:
+        out["strict"] = {"errno": exc.errno, "message": str(exc),
+                         "is_oserror": isinstance(exc, OSError)}
+    try:
+        uringloop.run(which())
+        out["run_strict"] = "no error"
+    except uringloop.UnsupportedError as exc:
+        out["run_strict"] = exc.errno
+    try:
+        uringloop.features()
+        out["features"] = "no error"
+    except uringloop.UnsupportedError as exc:
+        out["features"] = exc.errno
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop = uringloop.new_event_loop(fallback=True)
+        out["fallback_loop"] = type(loop).__module__
+        out["fallback_works"] = loop.run_until_complete(asyncio.sleep(0, "ok"))
+        loop.close()
+        out["new_event_loop_warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out["run_fallback"] = uringloop.run(which(), fallback=True)
+        out["run_warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        uringloop.install(fallback=True)
+        out["install_fallback"] = asyncio.run(which())
+        out["install_fallback_2"] = asyncio.run(which())
+        out["install_warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+    print(json.dumps(out))
+    """
+)
+
+
+def _run_child(fake: str | None) -> dict:
+    env = dict(os.environ)
+    env.pop("URINGLOOP_FAKE_SETUP_ERRNO", None)
+    if fake is not None:
+        env["URINGLOOP_FAKE_SETUP_ERRNO"] = fake
+    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("name", "errno_value", "cause", "remedy"),
+    [
+        ("EPERM", 1, "io_uring_disabled", "sysctl kernel.io_uring_disabled=0"),
+        ("ENOSYS", 38, "CONFIG_IO_URING", "seccomp profile"),
+        ("38", 38, "without CONFIG_IO_URING", "Linux 5.19 or newer"),
+    ],
+)
+def test_unavailable_error_and_fallback(name: str, errno_value: int, cause: str,
+                                        remedy: str) -> None:
+    out = _run_child(name)
+    strict = out["strict"]
+    assert strict["errno"] == errno_value and strict["is_oserror"]
+    msg = strict["message"]
+    errname = {1: "EPERM", 38: "ENOSYS"}[errno_value]
+    assert f"io_uring_setup failed with {errname}" in msg  # the errno ...
+    assert "Likely cause:" in msg and cause in msg  # ... the cause ...
+    assert "Remedy:" in msg and remedy in msg  # ... and the remedy
+    assert out["run_strict"] == errno_value
+    assert out["features"] == errno_value
+    # fallback=True: a working stdlib loop and exactly one RuntimeWarning with the reason
+    assert out["fallback_loop"] == "asyncio.unix_events"
+    assert out["fallback_works"] == "ok"
+    for key in ("new_event_loop_warnings", "run_warnings", "install_warnings"):
+        warns = out[key]
+        assert len(warns) == 1, (key, warns)
+        category, text = warns[0]
+        assert category == "RuntimeWarning"
+        assert "falling back to the stdlib asyncio event loop" in text
+        assert errname in text and "Remedy:" in text
+    assert out["run_fallback"] == "asyncio.unix_events"
+    assert out["install_fallback"] == out["install_fallback_2"] == "asyncio.unix_events"
+
+
+def test_available_fallback_is_a_no_op() -> None:
+    out = _run_child(None)
+    assert out["strict"] == "no error" and out["run_strict"] == "no error"
+    assert out["fallback_loop"] == "uringloop.loop"
+    assert out["run_fallback"] == out["install_fallback"] == "uringloop.loop"
+    assert out["new_event_loop_warnings"] == out["run_warnings"] == []
+    assert out["install_warnings"] == []
+
+
+def test_bad_hook_value_is_an_error() -> None:
+    env = dict(os.environ, URINGLOOP_FAKE_SETUP_ERRNO="NOT_AN_ERRNO")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import uringloop; uringloop.new_event_loop()"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0 and "URINGLOOP_FAKE_SETUP_ERRNO" in proc.stderr
