@@ -39,6 +39,7 @@ async def connected_pair(paused_server: bool = False, expect: int | None = None)
     tr, proto = await loop.create_connection(lambda: Collector(loop), "127.0.0.1",
                                              port_of(server))
     srv = await asyncio.wait_for(made, T)
+    tr.set_zerocopy_mode("always")  # these tests check SEND_ZC itself, not the adaptive mode
     return tr, proto, srv, server
 
 

@@ -13,10 +13,12 @@ from ._caps import features
 from .errors import UnsupportedError
 from .loop import Loop
 from .policy import EventLoopPolicy, install, new_event_loop, run
-from .zerocopy import ZeroCopyResult
+from .zcpool import ZeroCopyBuffer, ZeroCopyBufferPool
+from .zerocopy import ZeroCopyGeneration, ZeroCopyGenerationResult, ZeroCopyResult
 
 __all__ = [
-    "Loop", "EventLoopPolicy", "UnsupportedError", "ZeroCopyResult",
+    "Loop", "EventLoopPolicy", "UnsupportedError", "ZeroCopyResult", "ZeroCopyGeneration",
+    "ZeroCopyGenerationResult", "ZeroCopyBuffer", "ZeroCopyBufferPool",
     "features", "install", "new_event_loop", "run",
 ]
 __version__ = "0.1.0"

@@ -373,6 +373,8 @@ static int flush_submit(ul_ring *r, unsigned min_complete, unsigned flags, void 
 
 static struct io_uring_sqe *get_sqe(ul_ring *r)
 {
+    if (r->forked) /* the SQE array is shared with the parent: never write to it */
+        return NULL;
     unsigned head = load_acquire(r->sq_khead);
     if (r->sqe_tail - head >= r->sq_entries) {
         /* SQ full: hand the batch to the kernel (no waiting) and retry once. */
@@ -390,7 +392,7 @@ static struct io_uring_sqe *get_sqe(ul_ring *r)
 #define GET_SQE(r, sqe)                  \
     struct io_uring_sqe *sqe = get_sqe(r); \
     if (!sqe)                              \
-        return -EBUSY;
+        return (r)->forked ? -EBADFD : -EBUSY;
 
 int ul_prep_nop(ul_ring *r, uint64_t ud)
 {
@@ -598,6 +600,8 @@ int ul_prep_splice(ul_ring *r, int fd_in, int64_t off_in, int fd_out, int64_t of
 
 int ul_submit(ul_ring *r)
 {
+    if (r->forked)
+        return -EBADFD;
     if (r->sqe_tail == r->sqe_flushed)
         return 0;
     return flush_submit(r, 0, 0, NULL, 0);
@@ -746,4 +750,79 @@ int ul_dgram_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d, int hard
 int ul_dgram_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d)
 {
     return ul_prep_recvmsg(r, fd, ud, &d->msg, 0);
+}
+
+/* ---- zero-copy helpers ---- */
+/* Registered-buffer table for zero-copy pools: one sparse table of `nr` slots
+   (IORING_REGISTER_BUFFERS2, 5.19 for SPARSE), filled and emptied slot by slot with
+   IORING_REGISTER_BUFFERS_UPDATE, so pools can grow without re-registering the rest. */
+#ifndef IORING_RSRC_REGISTER_SPARSE
+#define IORING_RSRC_REGISTER_SPARSE (1U << 0)
+#endif
+
+int ul_zc_table_init(ul_ring *r, unsigned nr)
+{
+    struct io_uring_rsrc_register reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.nr = nr;
+    reg.flags = IORING_RSRC_REGISTER_SPARSE;
+    int rc = sys_register(r->fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg));
+    return rc < 0 ? -errno : 0;
+}
+
+int ul_zc_table_set(ul_ring *r, unsigned slot, void *addr, size_t len)
+{
+    struct iovec iov = { .iov_base = addr, .iov_len = len };
+    struct io_uring_rsrc_update2 up;
+    memset(&up, 0, sizeof(up));
+    up.offset = slot;
+    up.data = (uint64_t)(uintptr_t)&iov;
+    up.nr = 1;
+    int rc = sys_register(r->fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
+    return rc < 0 ? -errno : rc;
+}
+
+void *ul_zc_mmap(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int ul_zc_munmap(void *p, size_t len) { return munmap(p, len) < 0 ? -errno : 0; }
+
+int ul_prep_sendto_zc(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len,
+                      const void *addr, unsigned addrlen, unsigned zc_flags, unsigned buf_index,
+                      int hardlink)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = IORING_OP_SEND_ZC;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->ioprio = (unsigned short)zc_flags;
+    sqe->buf_index = (unsigned short)buf_index;
+    if (addr && addrlen) {
+        sqe->addr2 = (uint64_t)(uintptr_t)addr;
+        sqe->addr_len = (unsigned short)addrlen;
+    }
+    if (hardlink)
+        sqe->flags = IOSQE_IO_HARDLINK;
+    sqe->user_data = ud;
+    return 0;
+}
+
+int ul_prep_read_fixed(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, uint64_t off,
+                       int buf_index)
+{
+    GET_SQE(r, sqe);
+    sqe->opcode = buf_index >= 0 ? IORING_OP_READ_FIXED : IORING_OP_READ;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->off = off;
+    if (buf_index >= 0)
+        sqe->buf_index = (unsigned short)buf_index;
+    sqe->user_data = ud;
+    return 0;
 }

@@ -81,4 +81,20 @@ int ul_dgram_flags(const ul_dgram *d);
    batch in order. */
 int ul_dgram_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d, int hardlink);
 int ul_dgram_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d);
+
+/* ---- zero-copy helpers ---- */
+/* A sparse registered-buffer table of nr slots; slots set (or cleared: addr NULL, len 0)
+   one at a time. */
+int ul_zc_table_init(ul_ring *r, unsigned nr);
+int ul_zc_table_set(ul_ring *r, unsigned slot, void *addr, size_t len);
+/* Page-aligned anonymous memory (NULL on failure). */
+void *ul_zc_mmap(size_t len);
+int ul_zc_munmap(void *p, size_t len);
+/* SEND_ZC with an optional destination (addr2/addr_len, sendto form) and hard link. */
+int ul_prep_sendto_zc(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned len,
+                      const void *addr, unsigned addrlen, unsigned zc_flags, unsigned buf_index,
+                      int hardlink);
+/* READ_FIXED into a registered buffer (buf_index >= 0), else a plain READ. */
+int ul_prep_read_fixed(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, uint64_t off,
+                       int buf_index);
 #endif

@@ -27,6 +27,7 @@ from ._subprocess import SubprocessMixin
 from ._unix import UnixMixin
 from ._uring import lib
 from .transports.stream import StreamTransport
+from .zcpool import ZeroCopyLoopMixin
 
 __all__ = ["Loop"]
 
@@ -75,15 +76,19 @@ def _prime_malloc() -> None:
 
 class Loop(
     SockOpsMixin, SendfileMixin, UnixMixin, ReadinessMixin, DatagramMixin, SubprocessMixin,
-    base_events.BaseEventLoop,
+    ZeroCopyLoopMixin, base_events.BaseEventLoop,
 ):
     """An asyncio event loop on io_uring. Create it with :func:`uringloop.new_event_loop`."""
 
-    def __init__(self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536) -> None:
+    def __init__(
+        self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536,
+        ring_entries: int = 4096, cq_entries: int = 16384,
+    ) -> None:
         super().__init__()
         _prime_malloc()
         try:
-            self._ring = Ring(recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
+            self._ring = Ring(entries=ring_entries, cq_entries=cq_entries,
+                              recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
         except BaseException:
             self._closed = True  # half-built: BaseEventLoop.__del__ must not call close()
             raise
@@ -163,6 +168,7 @@ class Loop(
         for acceptor in self._acceptors.values():
             acceptor.stop()
         self._acceptors.clear()
+        self._close_zc_pools()
         self._ring.close()
 
     def stats(self) -> dict[str, Any]:

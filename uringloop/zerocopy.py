@@ -11,6 +11,7 @@ posted its final CQE and every byte was sent (or a send failed).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -22,9 +23,12 @@ from ._uring import ffi, lib
 if TYPE_CHECKING:
     from .transports.stream import StreamTransport
 
-__all__ = ["ZeroCopyResult", "ZeroCopyWrite", "as_send_buffer"]
+__all__ = [
+    "ZeroCopyResult", "ZeroCopyWrite", "ZeroCopyGeneration", "ZeroCopyState", "as_send_buffer",
+]
 
 SEND_ZC_REPORT_USAGE = 1 << 3
+RECVSEND_FIXED_BUF = 1 << 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class ZeroCopyResult:
     copied_sends: int
     zerocopy: bool
     copied: bool | None
+    #: why some or all sends were plain copying sends: None (all SEND_ZC), "unsupported"
+    #: (no SEND_ZC in this kernel, or not a TCP/UDP socket), "adaptive" (the kernel
+    #: reported that this socket's zero-copy sends are copied, e.g. loopback) or "never"
+    #: (``set_zerocopy_mode("never")``)
+    fallback: str | None = None
 
 
 def as_send_buffer(data: Any) -> memoryview:
@@ -67,7 +76,8 @@ class ZeroCopyWrite:
     __slots__ = (
         "transport", "future", "view", "cdata", "nbytes", "offset", "sends", "inflight",
         "notifs_pending", "notifications", "copied_sends", "error", "sent_all",
-        "zerocopy", "report_usage", "done",
+        "zerocopy", "report_usage", "done", "group", "index", "pbuf", "buf_index",
+        "zc_sends", "plain_sends", "fallback", "state",
     )
 
     def __init__(
@@ -91,6 +101,14 @@ class ZeroCopyWrite:
         self.zerocopy = zerocopy
         self.report_usage = report_usage
         self.done = False
+        self.group: ZeroCopyGeneration | None = None  # the generation this write belongs to
+        self.index = 0  # its position in the generation
+        self.pbuf: Any = None  # a pool buffer, handed back when the kernel is done
+        self.buf_index = -1  # registered-buffer slot (FIXED_BUF) or -1
+        self.zc_sends = 0
+        self.plain_sends = 0
+        self.fallback: str | None = None
+        self.state: ZeroCopyState | None = None  # the transport's adaptive state
 
     def submit(self, ring: Any, fd: int) -> None:
         """Queue one send of the unsent rest of the buffer."""
@@ -98,9 +116,21 @@ class ZeroCopyWrite:
         ud = handlers.next_ud()
         handlers.handlers[ud] = partial(self._on_cqe, ud)
         remaining = self.nbytes - self.offset
-        if self.zerocopy:
+        zc = self.zerocopy
+        state = self.state
+        if state is not None:
+            zc, fallback = state.choose()
+            if fallback is not None:
+                self.fallback = fallback
+        if zc:
             flags = SEND_ZC_REPORT_USAGE if self.report_usage else 0
-            rc = lib.ul_prep_send_zc(ring, fd, ud, self.cdata + self.offset, remaining, 0, flags, 0)
+            bi = self.buf_index
+            if bi >= 0:
+                flags |= RECVSEND_FIXED_BUF
+            else:
+                bi = 0
+            rc = lib.ul_prep_send_zc(ring, fd, ud, self.cdata + self.offset, remaining, 0, flags,
+                                     bi)
         else:
             rc = lib.ul_prep_send(ring, fd, ud, self.cdata + self.offset, remaining, 0)
         if rc < 0:
@@ -108,7 +138,13 @@ class ZeroCopyWrite:
             raise OSError(-rc, os.strerror(-rc))
         self.inflight = True
         self.sends += 1
-        self.transport._loop._zc_counters[0 if self.zerocopy else 3] += 1
+        if zc:
+            self.zc_sends += 1
+        else:
+            self.plain_sends += 1
+        if state is not None:
+            state.count_send(zc)
+        self.transport._loop._zc_counters[0 if zc else 3] += 1
 
     def _on_cqe(self, ud: int, res: int, flags: int) -> None:
         ring = self.transport._ring
@@ -119,9 +155,12 @@ class ZeroCopyWrite:
             self.notifications += 1
             counters = self.transport._loop._zc_counters
             counters[1] += 1
-            if res == NOTIF_USAGE_ZC_COPIED:
+            copied = res == NOTIF_USAGE_ZC_COPIED
+            if copied:
                 self.copied_sends += 1
                 counters[2] += 1
+            if self.state is not None and self.report_usage:
+                self.state.on_notification(copied)
             self._maybe_finish()
             return
         self.inflight = False
@@ -151,23 +190,384 @@ class ZeroCopyWrite:
         self.done = True
         ffi.release(self.cdata)
         self.view.release()
+        if self.pbuf is not None:
+            self.pbuf._end_send()
+            self.pbuf = None
         fut = self.future
-        if fut.done():  # cancelled by the user: the buffer was still held until now
+        group = self.group
+        if group is not None:
+            group._write_done(self, self.error)
+        if fut is None or fut.done():  # cancelled by the user: the buffer was held until now
             return
         if self.error is not None:
             fut.set_exception(self.error)
             return
+        fut.set_result(self.result())
+
+    def result(self) -> ZeroCopyResult:
+        zerocopy = self.zc_sends > 0 if self.sends else self.zerocopy
         copied: bool | None
-        if not self.zerocopy:
+        if not zerocopy or self.plain_sends:
             copied = True
         elif self.report_usage:
             copied = self.copied_sends > 0
         else:
             copied = None
-        fut.set_result(
-            ZeroCopyResult(
-                nbytes=self.nbytes, sends=self.sends, notifications=self.notifications,
-                copied_sends=self.copied_sends if self.zerocopy else self.sends,
-                zerocopy=self.zerocopy, copied=copied,
-            )
+        return ZeroCopyResult(
+            nbytes=self.nbytes, sends=self.sends, notifications=self.notifications,
+            copied_sends=self.copied_sends + self.plain_sends,
+            zerocopy=zerocopy, copied=copied,
+            fallback=self.fallback if (self.plain_sends or not self.sends) else None,
         )
+
+
+class ZeroCopyState:
+    """A transport's zero-copy mode and its adaptive decision.
+
+    ``"always"`` sends every zero-copy write with SEND_ZC, ``"never"`` with a plain
+    (copying) send, ``"auto"`` starts with SEND_ZC and switches the socket to plain sends
+    once :attr:`COPIED_STREAK` notifications in a row say the kernel copied the data
+    (loopback and other local delivery always copy). While switched it tries one SEND_ZC
+    every :attr:`PROBE_INTERVAL` sends, and goes back to zero-copy when one is not copied.
+    Without the kernel's usage report (before Linux 6.2) ``"auto"`` behaves as ``"always"``.
+    """
+
+    COPIED_STREAK = 3
+    PROBE_INTERVAL = 1024
+    MODES = ("auto", "always", "never")
+
+    __slots__ = (
+        "mode", "supported", "unsupported_reason", "active", "streak", "since_probe",
+        "zc_sends", "plain_sends", "notifications", "copied_notifications", "switches",
+        "generation",
+    )
+
+    def __init__(self, mode: str, supported: bool, reason: str | None = None) -> None:
+        self.mode = check_mode(mode)
+        self.supported = supported
+        self.unsupported_reason = reason
+        self.active = True  # auto: SEND_ZC currently in use
+        self.streak = 0
+        self.since_probe = 0
+        self.zc_sends = 0
+        self.plain_sends = 0
+        self.notifications = 0
+        self.copied_notifications = 0
+        self.switches = 0
+        self.generation: ZeroCopyGeneration | None = None  # the implicit (flush=False) one
+
+    def choose(self) -> tuple[bool, str | None]:
+        """(use SEND_ZC, reason when not) for the next send."""
+        if not self.supported:
+            return False, "unsupported"
+        mode = self.mode
+        if mode == "always":
+            return True, None
+        if mode == "never":
+            return False, "never"
+        if self.active:
+            return True, None
+        self.since_probe += 1
+        if self.since_probe >= self.PROBE_INTERVAL:
+            self.since_probe = 0
+            return True, None  # probe: is this path still copying?
+        return False, "adaptive"
+
+    def count_send(self, zc: bool) -> None:
+        if zc:
+            self.zc_sends += 1
+        else:
+            self.plain_sends += 1
+
+    def on_notification(self, copied: bool) -> None:
+        self.notifications += 1
+        if copied:
+            self.copied_notifications += 1
+            self.streak += 1
+            if self.active and self.streak >= self.COPIED_STREAK and self.mode == "auto":
+                self.active = False
+                self.since_probe = 0
+                self.switches += 1
+        else:
+            self.streak = 0
+            if not self.active:
+                self.active = True
+                self.switches += 1
+
+    def stats(self) -> dict[str, Any]:
+        if not self.supported:
+            using = "copy"
+        elif self.mode == "auto":
+            using = "zerocopy" if self.active else "copy"
+        else:
+            using = "zerocopy" if self.mode == "always" else "copy"
+        return {
+            "mode": self.mode, "using": using, "zerocopy_sends": self.zc_sends,
+            "plain_sends": self.plain_sends, "notifications": self.notifications,
+            "copied_notifications": self.copied_notifications, "switches": self.switches,
+            "unsupported_reason": self.unsupported_reason,
+        }
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ZeroCopyState.MODES:
+        raise ValueError(f"zero-copy mode must be 'auto', 'always' or 'never', not {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class ZeroCopyGenerationResult:
+    """What a closed generation of zero-copy writes did, once every buffer was released.
+
+    ``copied_sends`` counts sends whose data the kernel copied (a copied notification, or a
+    plain send chosen by the adaptive mode or a fallback); ``copied`` is None when the
+    kernel cannot report it.
+    """
+
+    nbytes: int
+    writes: int
+    sends: int
+    notifications: int
+    copied_sends: int
+    zerocopy: bool
+    copied: bool | None
+
+
+class ZeroCopyGeneration:
+    """Several zero-copy writes under one awaitable.
+
+    ``write()`` queues a zero-copy write (in order with every other write on the
+    transport). ``close()`` seals the generation; awaiting it seals it too. The awaitable
+    resolves to a :class:`ZeroCopyGenerationResult` once the generation is sealed and the
+    kernel has released every buffer written in it. If a write failed, it raises the
+    error of the earliest failed write (in write order), and only after every buffer of
+    the generation was released. Cancelling the wait does not release anything early.
+    """
+
+    __slots__ = (
+        "_transport", "_future", "_closed", "_outstanding", "_writes", "_nbytes", "_sends",
+        "_notifications", "_copied", "_zc", "_unknown", "_error", "_error_index",
+        "__weakref__",
+    )
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._future: asyncio.Future[ZeroCopyGenerationResult] = transport._loop.create_future()
+        self._closed = False
+        self._outstanding = 0
+        self._writes = 0
+        self._nbytes = 0
+        self._sends = 0
+        self._notifications = 0
+        self._copied = 0
+        self._zc = False
+        self._unknown = False
+        self._error: BaseException | None = None
+        self._error_index = -1
+
+    def __repr__(self) -> str:
+        state = "done" if self._future.done() else ("sealed" if self._closed else "open")
+        return (f"<ZeroCopyGeneration {state} writes={self._writes} "
+                f"outstanding={self._outstanding}>")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def future(self) -> asyncio.Future[ZeroCopyGenerationResult]:
+        return self._future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def write(self, data: Any) -> None:
+        """Queue a zero-copy write of ``data`` in this generation."""
+        if self._closed:
+            raise RuntimeError("this zero-copy generation is closed")
+        self._transport._zc_enqueue(data, None, self)
+
+    def close(self) -> ZeroCopyGeneration:
+        """Seal the generation: no more writes; it resolves once all are released."""
+        if not self._closed:
+            self._closed = True
+            self._maybe_finish()
+        return self
+
+    def __await__(self) -> Any:
+        self.close()
+        return self._future.__await__()
+
+    async def __aenter__(self) -> ZeroCopyGeneration:
+        return self
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        self.close()
+        if et is None:
+            await self._future
+        else:
+            # the body failed: still wait until the kernel let go of every buffer
+            await asyncio.wait([self._future])
+            if not self._future.cancelled():
+                self._future.exception()  # retrieved: the body's exception wins
+        return False
+
+    # -- bookkeeping (called by ZeroCopyWrite) -------------------------------------------
+
+    def _add(self, entry: ZeroCopyWrite) -> None:
+        entry.group = self
+        entry.index = self._writes
+        self._writes += 1
+        self._outstanding += 1
+
+    def _write_done(self, entry: ZeroCopyWrite, error: BaseException | None) -> None:
+        self._outstanding -= 1
+        self._nbytes += entry.offset if error is not None else entry.nbytes
+        self._sends += entry.sends
+        self._notifications += entry.notifications
+        self._copied += entry.copied_sends + entry.plain_sends
+        if entry.zc_sends:
+            self._zc = True
+            if not entry.report_usage:
+                self._unknown = True
+        if error is not None and (self._error is None or entry.index < self._error_index):
+            self._error = error
+            self._error_index = entry.index
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._closed or self._outstanding or self._future.done():
+            return
+        if self._error is not None:
+            self._future.set_exception(self._error)
+            return
+        copied: bool | None
+        if self._copied:
+            copied = True
+        elif self._unknown:
+            copied = None
+        else:
+            copied = False if self._sends else None
+        self._future.set_result(ZeroCopyGenerationResult(
+            nbytes=self._nbytes, writes=self._writes, sends=self._sends,
+            notifications=self._notifications, copied_sends=self._copied, zerocopy=self._zc,
+            copied=copied,
+        ))
+
+
+class ZeroCopyStreamMixin:
+    """The zero-copy API of the stream transport (generations, pools, modes)."""
+
+    __slots__ = ()
+    _zc: ZeroCopyState | None
+
+    def _zc_state(self) -> ZeroCopyState:
+        state = self._zc
+        if state is None:
+            import socket
+
+            loop: Any = self._loop  # type: ignore[attr-defined]
+            sock = self._sock  # type: ignore[attr-defined]
+            reason = None
+            supported = loop._caps.send_zc
+            if sock is not None and sock.family not in (socket.AF_INET, socket.AF_INET6):
+                supported = False
+                reason = "SEND_ZC supports TCP/UDP sockets only"
+            elif not supported:
+                reason = "this kernel has no IORING_OP_SEND_ZC (Linux 6.0)"
+            state = self._zc = ZeroCopyState(loop.get_zerocopy_mode(), supported, reason)
+        return state
+
+    def set_zerocopy_mode(self, mode: str) -> None:
+        """``"auto"`` (switch to copying sends when the kernel reports copies), ``"always"``
+        (SEND_ZC for every zero-copy write) or ``"never"`` (plain sends; write_zerocopy
+        still resolves only once the buffer is free)."""
+        state = self._zc_state()
+        state.mode = check_mode(mode)
+        state.active = True
+        state.streak = 0
+
+    def get_zerocopy_mode(self) -> str:
+        return self._zc_state().mode
+
+    def zerocopy_stats(self) -> dict[str, Any]:
+        """This transport's zero-copy mode, what it is using now, and its counters."""
+        return self._zc_state().stats()
+
+    def zerocopy_generation(self) -> ZeroCopyGeneration:
+        """A new generation: ``async with tr.zerocopy_generation() as gen: gen.write(b)``."""
+        return ZeroCopyGeneration(self)
+
+    def zerocopy_flush(self) -> ZeroCopyGeneration | None:
+        """Seal the implicit generation that ``write_zerocopy(..., flush=False)`` opened."""
+        state = self._zc_state()
+        gen, state.generation = state.generation, None
+        if gen is not None:
+            gen.close()
+        return gen
+
+    def write_zerocopy(self, data: Any, flush: bool = True) -> Any:
+        """Send ``data`` with io_uring's zero-copy send; await the result to reuse it.
+
+        ``data`` is any C-contiguous buffer, or a pool buffer (``buf`` / ``buf[:n]`` from
+        ``loop.zerocopy_buffers()``, sent with ``IORING_RECVSEND_FIXED_BUF``).
+
+        Returns a future resolving to a :class:`ZeroCopyResult` once the kernel no
+        longer references the buffer (its last notification), or raising the send's
+        OSError. With ``flush=False`` the write joins the transport's open generation
+        (opening one if needed) and that :class:`ZeroCopyGeneration` is returned; a later
+        ``write_zerocopy(..., flush=True)`` joins and seals it and returns it too, as does
+        :meth:`zerocopy_flush`. Cancelling neither unsends data nor releases it early.
+        """
+        state = self._zc_state()
+        gen = state.generation
+        if gen is None and flush:
+            fut = self._loop.create_future()  # type: ignore[attr-defined]
+            self._zc_enqueue(data, fut, None)
+            return fut
+        if gen is None:
+            gen = state.generation = ZeroCopyGeneration(self)
+        self._zc_enqueue(data, None, gen)
+        if flush:
+            state.generation = None
+            gen.close()
+        return gen
+
+    def _zc_enqueue(self, data: Any, fut: Any, group: ZeroCopyGeneration | None) -> None:
+        from . import zcpool
+
+        target = zcpool.send_target(data)
+        view: memoryview | None = None
+        if target is None:
+            view = as_send_buffer(data)
+        t: Any = self
+        if t._eof:
+            if view is not None:
+                view.release()
+            raise RuntimeError("Cannot call write_zerocopy() after write_eof()")
+        loop = t._loop
+        buf_index = -1
+        if target is not None:
+            pbuf, start, stop = target
+            view, buf_index = pbuf._begin_send(loop, start, stop)
+        caps = loop._caps
+        entry = ZeroCopyWrite(t, fut, view, caps.send_zc, caps.send_zc_report_usage)
+        entry.state = self._zc_state()
+        if target is not None:
+            entry.pbuf = target[0]
+            entry.buf_index = buf_index
+        if group is not None:
+            group._add(entry)
+        if t._conn_lost or t._closing:
+            entry.fail_unsent(ConnectionResetError(errno.ECONNRESET, "transport is closing"))
+            return
+        if entry.nbytes == 0:
+            entry.sent_all = True
+            entry._maybe_finish()
+            return
+        t._queue.append(entry)
+        t._buffer_size += entry.nbytes
+        if not t._send_inflight and not t._scheduled:
+            t._scheduled = True
+            loop._dirty.append(t)
+        t._maybe_pause_protocol()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _sockaddr
 from .._uring import ffi, lib
+from .._zcdgram import ZcDatagram, ZeroCopyDatagramMixin
 
 if TYPE_CHECKING:
     from ..loop import Loop
@@ -141,7 +142,8 @@ def new_dgrams(n: int) -> tuple[Any, list[Any]]:
     return block, [ffi.cast("ul_dgram *", block + i * DGRAM_SIZE) for i in range(n)]
 
 
-class DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):  # type: ignore[misc]
+class DatagramTransport(ZeroCopyDatagramMixin, transports._FlowControlMixin,  # type: ignore[misc]
+                        transports.DatagramTransport):
     """A datagram socket transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024  # receive buffer for non-IP sockets (as asyncio's recvfrom size)
@@ -363,12 +365,16 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         for i in range(n):
             data, raw = queue[0]
             d = msgs[i]
-            cdata = ffi.from_buffer(data)
-            if raw is None:
-                lib.ul_dgram_set_send(d, cdata, len(data), ffi.NULL, 0)
+            if type(data) is ZcDatagram:  # sendto_zerocopy: its own user_data and buffer
+                cdata = None
+                rc = data.prep(ptr, fd, d, raw, i < n - 1)
             else:
-                lib.ul_dgram_set_send(d, cdata, len(data), raw, len(raw))
-            rc = lib.ul_dgram_prep_sendmsg(ptr, fd, ud, d, i < n - 1)
+                cdata = ffi.from_buffer(data)
+                if raw is None:
+                    lib.ul_dgram_set_send(d, cdata, len(data), ffi.NULL, 0)
+                else:
+                    lib.ul_dgram_set_send(d, cdata, len(data), raw, len(raw))
+                rc = lib.ul_dgram_prep_sendmsg(ptr, fd, ud, d, i < n - 1)
             if rc < 0:
                 # No SQE free: what was queued still completes; the rest goes later.
                 if not inflight:
@@ -434,6 +440,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._stash.clear()
         for data, _ in self._queue:
             self._buffer_size -= len(data) + _HEADER_SIZE
+            if type(data) is ZcDatagram:
+                data.drop(exc or ConnectionAbortedError("transport aborted before sending"))
         self._queue.clear()
         self._closing = True
         if self._sock is not None and (self._recv_armed or self._inflight):

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
 from .._uring import lib
-from ..zerocopy import ZeroCopyResult, ZeroCopyWrite, as_send_buffer
+from ..zerocopy import ZeroCopyStreamMixin, ZeroCopyWrite
 
 if TYPE_CHECKING:
     from ..loop import Loop
@@ -55,18 +55,19 @@ def _os_error(res: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class StreamTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
     """A socket stream transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE  # type: ignore[attr-defined]
+    _start_tls_compatible = True
 
     __slots__ = (
         "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_bufsize", "_recv_ud",
         "_send_ud", "_queue", "_buffer_size", "_send_len", "_send_inflight",
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted",
-        "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter",
+        "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter", "_zc",
     )
 
     def __init__(
@@ -115,6 +116,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         self._send_len = 0
         self._send_inflight = False
         self._zc_inflight: ZeroCopyWrite | None = None
+        self._zc = None  # ZeroCopyState, made on first zero-copy use
         self._scheduled = False  # in loop._dirty, waiting for the next flush
         self._eof = False  # write_eof() called
         # read side
@@ -357,37 +359,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):  # ty
         for data in list_of_data:
             self.write(data)
 
-    def write_zerocopy(self, data: Any) -> asyncio.Future[ZeroCopyResult]:
-        """Send ``data`` with io_uring's zero-copy send; await the result to reuse it.
-
-        The returned future resolves once the kernel's notification says it no longer
-        references the buffer; until then ``data`` stays exported (a bytearray cannot be
-        resized). It raises the send's OSError if a send failed. Cancelling the future
-        neither unsends the data nor releases the buffer early.
-        """
-        view = as_send_buffer(data)
-        if self._eof:
-            view.release()
-            raise RuntimeError("Cannot call write_zerocopy() after write_eof()")
-        loop = self._loop
-        fut: asyncio.Future[ZeroCopyResult] = loop.create_future()
-        if self._conn_lost or self._closing:
-            view.release()
-            fut.set_exception(ConnectionResetError(errno.ECONNRESET, "transport is closing"))
-            return fut
-        caps = loop._caps
-        entry = ZeroCopyWrite(self, fut, view, caps.send_zc, caps.send_zc_report_usage)
-        if entry.nbytes == 0:
-            entry.sent_all = True
-            entry._maybe_finish()
-            return fut
-        self._queue.append(entry)
-        self._buffer_size += entry.nbytes
-        if not self._send_inflight and not self._scheduled:
-            self._scheduled = True
-            self._loop._dirty.append(self)
-        self._maybe_pause_protocol()
-        return fut
+    # write_zerocopy(), zerocopy_generation(), set_zerocopy_mode(): ZeroCopyStreamMixin
 
     def _flush(self) -> None:
         """Queue the next send; called by the loop once per iteration when dirty."""

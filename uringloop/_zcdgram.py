@@ -1,0 +1,288 @@
+"""Zero-copy UDP: ``DatagramTransport.sendto_zerocopy`` and ``sendto_zerocopy_many``.
+
+Each datagram is one ``IORING_OP_SEND_ZC`` with the destination in ``addr2``/``addr_len``
+(the sendto form, Linux 6.0) and, for pool buffers, ``IORING_RECVSEND_FIXED_BUF``
+(which ``SEND_ZC`` accepts from 6.0, whereas ``SENDMSG_ZC`` needs 6.15). The datagrams
+go into the transport's ordinary send queue, so they keep their order with ``sendto()``:
+the queue is sent as chains of hard-linked requests, one chain in flight at a time.
+
+A batch (one call) has one user_data shared by all its requests: the result CQEs come in
+chain order and are passed on to the transport's send accounting; the notifications
+(in any order) are only counted. The batch's future resolves when every datagram has its
+result and every notification has arrived, so all its buffers are free; it raises the
+error of the earliest failed datagram. Pool buffers of a batch go back to their pool when
+the batch completes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from . import zcpool
+from ._ring import F_MORE, F_NOTIF, NOTIF_USAGE_ZC_COPIED
+from ._uring import ffi, lib
+from .zerocopy import (
+    RECVSEND_FIXED_BUF,
+    SEND_ZC_REPORT_USAGE,
+    ZeroCopyResult,
+    ZeroCopyState,
+    as_send_buffer,
+)
+
+__all__ = ["ZcDatagram", "ZcDatagramBatch", "ZeroCopyDatagramMixin"]
+
+_ECANCELED = -errno.ECANCELED
+_FATAL = frozenset(-e for e in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTSUPP,
+                                errno.EFAULT))
+
+
+class ZcDatagram:
+    """One queued zero-copy datagram (an entry of the transport's send queue)."""
+
+    __slots__ = ("batch", "view", "ptr", "nbytes", "buf_index", "raw", "owned_cdata")
+
+    def __init__(self, batch: ZcDatagramBatch, view: memoryview, buf_index: int) -> None:
+        self.batch = batch
+        self.view = view
+        self.nbytes = view.nbytes
+        self.owned_cdata = ffi.from_buffer(view)
+        self.ptr = self.owned_cdata
+        self.buf_index = buf_index
+        self.raw: bytes | None = None
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def prep(self, ring: Any, fd: int, d: Any, raw: bytes | None, link: bool) -> int:
+        batch = self.batch
+        self.raw = raw  # the kernel copies the address at submission; keep it till then
+        zc, fallback = batch.state.choose()
+        if zc:
+            flags = SEND_ZC_REPORT_USAGE if batch.report_usage else 0
+            bi = self.buf_index
+            if bi >= 0:
+                flags |= RECVSEND_FIXED_BUF
+            else:
+                bi = 0
+            if raw is None:
+                rc = lib.ul_prep_sendto_zc(ring, fd, batch.ud, self.ptr, self.nbytes, ffi.NULL,
+                                           0, flags, bi, link)
+            else:
+                rc = lib.ul_prep_sendto_zc(ring, fd, batch.ud, self.ptr, self.nbytes, raw,
+                                           len(raw), flags, bi, link)
+        else:
+            if raw is None:
+                lib.ul_dgram_set_send(d, self.ptr, self.nbytes, ffi.NULL, 0)
+            else:
+                lib.ul_dgram_set_send(d, self.ptr, self.nbytes, raw, len(raw))
+            rc = lib.ul_dgram_prep_sendmsg(ring, fd, batch.ud, d, link)
+        if rc == 0:
+            batch.state.count_send(zc)
+            if zc:
+                batch.zc_sends += 1
+            else:
+                batch.plain_sends += 1
+                batch.fallback = fallback
+            batch.transport._loop._zc_counters[0 if zc else 3] += 1
+        return rc
+
+    def drop(self, exc: BaseException) -> None:
+        """The transport dropped this datagram before sending it."""
+        self.batch._result(-1, exc)
+
+
+class ZcDatagramBatch:
+    """The datagrams of one sendto_zerocopy(_many) call, and its future."""
+
+    __slots__ = (
+        "transport", "future", "ud", "items", "total", "results", "notifs_pending",
+        "notifications", "copied", "zc_sends", "plain_sends", "nbytes", "error",
+        "error_index", "pbufs", "state", "report_usage", "fallback", "done",
+    )
+
+    def __init__(self, transport: Any, future: Any, state: ZeroCopyState) -> None:
+        self.transport = transport
+        self.future = future
+        ring = transport._ring
+        self.ud = ring.register(self._on_cqe)
+        self.items: list[ZcDatagram] = []
+        self.total = 0
+        self.results = 0
+        self.notifs_pending = 0
+        self.notifications = 0
+        self.copied = 0
+        self.zc_sends = 0
+        self.plain_sends = 0
+        self.nbytes = 0
+        self.error: BaseException | None = None
+        self.error_index = -1
+        self.pbufs: list[Any] = []
+        self.state = state
+        self.report_usage = transport._loop._caps.send_zc_report_usage
+        self.fallback: str | None = None
+        self.done = False
+
+    def _on_cqe(self, res: int, flags: int) -> None:
+        if flags & F_NOTIF:
+            self.notifs_pending -= 1
+            self.notifications += 1
+            copied = res == NOTIF_USAGE_ZC_COPIED
+            if copied:
+                self.copied += 1
+                self.transport._loop._zc_counters[2] += 1
+            self.transport._loop._zc_counters[1] += 1
+            if self.report_usage:
+                self.state.on_notification(copied)
+            self._maybe_finish()
+            return
+        if flags & F_MORE:
+            self.notifs_pending += 1
+        exc = OSError(-res, os.strerror(-res)) if res < 0 else None
+        self._result(res, exc)
+        # The transport's accounting (pops its in-flight entry, queues the next chain).
+        # Non-fatal errors are reported through this batch's future, not error_received.
+        self.transport._on_send(res if (res >= 0 or res == _ECANCELED or res in _FATAL) else 0,
+                                0)
+
+    def _result(self, res: int, exc: BaseException | None) -> None:
+        idx = self.results
+        self.results += 1
+        if exc is not None:
+            if self.error is None or idx < self.error_index:
+                self.error = exc
+                self.error_index = idx
+        else:
+            self.nbytes += res
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.done or self.results < self.total or self.notifs_pending:
+            return
+        self.done = True
+        self.transport._ring.unregister(self.ud)
+        for item in self.items:
+            ffi.release(item.owned_cdata)
+            item.view.release()
+        self.items = []
+        for pb in self.pbufs:
+            pb._end_send()
+        self.pbufs = []
+        fut = self.future
+        if fut.done():
+            return
+        if self.error is not None:
+            fut.set_exception(self.error)
+            return
+        sends = self.zc_sends + self.plain_sends
+        zerocopy = self.zc_sends > 0
+        copied: bool | None
+        if self.plain_sends or self.copied:
+            copied = True
+        elif not self.report_usage and zerocopy:
+            copied = None
+        else:
+            copied = False if sends else None
+        fut.set_result(ZeroCopyResult(
+            nbytes=self.nbytes, sends=sends, notifications=self.notifications,
+            copied_sends=self.copied + self.plain_sends, zerocopy=zerocopy, copied=copied,
+            fallback=self.fallback if self.plain_sends else None,
+        ))
+
+
+class ZeroCopyDatagramMixin:
+    """``sendto_zerocopy`` / ``sendto_zerocopy_many`` for the datagram transport."""
+
+    def _zc_state(self) -> ZeroCopyState:
+        state = self.__dict__.get("_zcs")
+        if state is None:
+            loop: Any = self._loop  # type: ignore[attr-defined]
+            supported = loop._caps.send_zc
+            reason = None if supported else "this kernel has no IORING_OP_SEND_ZC (Linux 6.0)"
+            if self._family not in (socket.AF_INET, socket.AF_INET6):  # type: ignore[attr-defined]
+                supported, reason = False, "SEND_ZC supports TCP/UDP sockets only"
+            state = self.__dict__["_zcs"] = ZeroCopyState(loop.get_zerocopy_mode(), supported,
+                                                         reason)
+        return state  # type: ignore[no-any-return]
+
+    def set_zerocopy_mode(self, mode: str) -> None:
+        """``"auto"``, ``"always"`` or ``"never"``; see StreamTransport.set_zerocopy_mode."""
+        from .zerocopy import check_mode
+
+        state = self._zc_state()
+        state.mode = check_mode(mode)
+        state.active = True
+        state.streak = 0
+
+    def get_zerocopy_mode(self) -> str:
+        return self._zc_state().mode
+
+    def zerocopy_stats(self) -> dict[str, Any]:
+        return self._zc_state().stats()
+
+    def sendto_zerocopy(self, data: Any, addr: Any = None) -> Any:
+        """Send one datagram with SEND_ZC; a future resolving to a ZeroCopyResult once
+        the kernel has released the buffer (a pool buffer goes back to its pool then)."""
+        return self.sendto_zerocopy_many((data,), addr)
+
+    def sendto_zerocopy_many(self, buffers: Any, addr: Any = None) -> Any:
+        """Send each buffer as one datagram to ``addr``, in order, with one future for all:
+        it resolves once every buffer is released (result totals over the batch) or
+        raises the error of the earliest failed datagram, after all are released."""
+        t: Any = self
+        from .transports.datagram import _HEADER_SIZE, encode_address
+
+        loop = t._loop
+        fut = loop.create_future()
+        if t._address:
+            if addr not in (None, t._address):
+                raise ValueError(f"Invalid address: must be None or {t._address}")
+            addr = t._address
+        raw: bytes | None = None
+        if not t._extra["peername"]:
+            raw = encode_address(t._family, addr)
+        # validate everything before taking any pool buffer
+        targets = []
+        for data in buffers:
+            target = zcpool.send_target(data)
+            if target is None:
+                targets.append((None, as_send_buffer(data)))
+            else:
+                if target[0]._pool._loop is not loop:
+                    for _, v in targets:
+                        if v is not None:
+                            v.release()
+                    raise ValueError("this zero-copy buffer belongs to another event loop's pool")
+                targets.append((target, None))
+        batch = ZcDatagramBatch(t, fut, self._zc_state())
+        items = batch.items
+        for target, view in targets:
+            bi = -1
+            if target is not None:
+                pbuf, start, stop = target
+                view, bi = pbuf._begin_send(loop, start, stop)
+                batch.pbufs.append(pbuf)
+            items.append(ZcDatagram(batch, view, bi))
+        batch.total = len(items)
+        if t._conn_lost or t._sock is None or t._closing:
+            exc = ConnectionResetError(errno.ECONNRESET, "transport is closing")
+            for item in items:
+                item.drop(exc)
+            batch._maybe_finish()
+            return fut
+        if not items:
+            batch._maybe_finish()
+            return fut
+        queue = t._queue
+        size = 0
+        for item in items:
+            queue.append((item, raw))
+            size += item.nbytes + _HEADER_SIZE
+        t._buffer_size += size
+        if not t._inflight and not t._scheduled:
+            t._scheduled = True
+            loop._dirty.append(t)
+        t._maybe_pause_protocol()
+        return fut
