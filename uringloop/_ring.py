@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._uring import ffi, lib
@@ -89,6 +89,7 @@ class Ring:
         self.setup_flags: int = lib.ul_ring_setup_flags(ptr)
         self.features: int = lib.ul_ring_features(ptr)
         self.handlers: dict[int, Handler] = {}
+        self._batch: Iterator[tuple[int, int, int]] | None = None
         self._next_ud = 1
         cap = min(lib.ul_ring_cq_entries(ptr), 4096)
         self._cap = cap
@@ -147,11 +148,24 @@ class Ring:
     def run(self, timeout: float | None) -> int:
         """Submit what is queued, wait up to ``timeout`` seconds, dispatch completions.
 
-        Returns the number of completions dispatched. An exception from a handler goes
-        to :attr:`on_error` and the rest of the batch is still dispatched.
+        Returns the number of completions reaped. An exception from a handler goes to
+        :attr:`on_error` and the rest of the batch is still dispatched.
+        """
+        n = self.reap(timeout)
+        self.dispatch()
+        return n
+
+    def reap(self, timeout: float | None) -> int:
+        """Submit what is queued, wait up to ``timeout`` seconds and take the completions
+        as the pending batch, to be handed out by :meth:`dispatch`.
+
+        A batch still pending (a handler raised SystemExit or KeyboardInterrupt) is
+        dispatched first: its receive buffers go back to the kernel in this call.
         """
         if self.closed:
             raise RuntimeError("the io_uring of this loop is closed")
+        if self._batch is not None:
+            self.dispatch()
         if timeout is None:
             n = lib.ul_run(self._ptr, 1, -1, self._ud, self._res, self._flags, self._cap)
         elif timeout > 0:
@@ -164,19 +178,32 @@ class Ring:
             if n < 0:
                 self._raise_run_error(-n)
             return 0
-        handlers = self.handlers
-        for ud, res, flags in zip(  # noqa: B905 (equal lengths by construction)
+        self._batch = zip(  # noqa: B905 (equal lengths by construction)
             self._ud_mv[:n].tolist(), self._res_mv[:n].tolist(), self._flags_mv[:n].tolist()
-        ):
+        )
+        return n
+
+    @property
+    def pending(self) -> bool:
+        """Whether reaped completions wait for :meth:`dispatch`."""
+        return self._batch is not None
+
+    def dispatch(self) -> None:
+        """Call the handler of every completion of the pending batch, in order."""
+        batch = self._batch
+        if batch is None:
+            return
+        handlers = self.handlers
+        for ud, res, flags in batch:
             handler = handlers.get(ud)
             if handler is not None:
                 try:
                     handler(res, flags)
                 except (SystemExit, KeyboardInterrupt):
-                    raise
+                    raise  # the iterator keeps the rest of the batch for the next call
                 except BaseException as exc:
                     self.on_error(exc, handler)
-        return n
+        self._batch = None
 
     def submit(self) -> None:
         """Start what is queued now (no wait), for operations whose effect callers

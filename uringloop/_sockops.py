@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import operator
 import os
@@ -71,6 +72,17 @@ class _OneShot:
         # A cancelled await must cancel the kernel operation; buffers stay until its CQE.
         if fut.cancelled() and self.ud in self.ring.handlers and not self.ring.closed:
             lib.ul_prep_cancel(self.ring.ptr, self.ud, 0)
+            self.ring.submit()  # cancel now, as the stdlib's remove_reader/writer would
+
+
+def _connected_to(sock: socket.socket, address: Any) -> bool:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return False
+    if isinstance(address, tuple) and isinstance(peer, tuple):
+        return tuple(peer[:2]) == tuple(address[:2])
+    return bool(peer == address)
 
 
 def _identity(res: int) -> int:
@@ -194,7 +206,14 @@ class SockOpsMixin:
         raw = _sockaddr.encode(sock.family, address)
         craw = ffi.from_buffer(raw)
         fd, n = sock.fileno(), len(raw)
-        await self._oneshot(lambda r, ud: lib.ul_prep_connect(r, fd, ud, craw, n), craw)
+        try:
+            await self._oneshot(lambda r, ud: lib.ul_prep_connect(r, fd, ud, craw, n), craw)
+        except OSError as exc:
+            # An earlier, cancelled connect on this socket may have completed in the
+            # kernel after all (its retry raced the cancellation): connected to the
+            # address asked for is success.
+            if exc.errno != errno.EISCONN or not _connected_to(sock, address):
+                raise
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         self._check_sock(sock)

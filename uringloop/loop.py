@@ -42,12 +42,21 @@ class _UringSelector:
         self._ring = loop._ring
 
     def select(self, timeout: float | None) -> tuple[()]:
-        dirty = self._loop._dirty
+        loop = self._loop
+        dirty = loop._dirty
         if dirty:
-            self._loop._dirty = []
+            loop._dirty = []
             for transport in dirty:
                 transport._flush()
-        self._ring.run(timeout)
+        ring = self._ring
+        if ring.reap(timeout):
+            if loop._ready:
+                # Keep the stdlib's order: I/O callbacks run after the callbacks that
+                # were already scheduled (the batch is dispatched before the next reap,
+                # so its receive buffers are still ours when it runs).
+                loop._ready.append(events.Handle(ring.dispatch, (), loop, None))
+            else:
+                ring.dispatch()
         return ()
 
     def close(self) -> None:
@@ -234,6 +243,23 @@ class Loop(
             except OSError:
                 pass
         sock.close()
+
+    async def start_tls(self, transport: Any, protocol: Any, sslcontext: Any,
+                        **kwargs: Any) -> Any:
+        """Upgrade a connection to TLS, as asyncio's, once queued plain writes are sent.
+
+        The stdlib's transport has sent what it could by the time ``start_tls`` is
+        called; a uringloop transport may still hold this iteration's writes (and have
+        paused the old protocol for them). Draining first keeps the protocol swap clean.
+        """
+        if (isinstance(transport, StreamTransport) and not transport.is_closing()
+                and (transport._queue or transport._send_inflight)):
+            waiter = transport._make_empty_waiter()
+            try:
+                await waiter
+            finally:
+                transport._reset_empty_waiter()
+        return await super().start_tls(transport, protocol, sslcontext, **kwargs)
 
     async def _accept_connection2(
         self, protocol_factory: Any, conn: socket.socket, extra: Any, sslcontext: Any = None,

@@ -66,7 +66,7 @@ class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transpo
         "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_bufsize", "_recv_ud",
         "_send_ud", "_queue", "_buffer_size", "_send_len", "_send_inflight",
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
-        "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted",
+        "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted", "_shut",
         "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter", "_zc",
     )
 
@@ -131,6 +131,7 @@ class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transpo
         self._lost_exc: BaseException | None = None
         self._finalizing = False
         self._aborted = False
+        self._shut = False
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._direct = not self._buffered
@@ -500,7 +501,10 @@ class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transpo
         self._closing = True
         self._direct = False
         self._cancel_recv()
-        self._conn_lost += 1
+        if not self._queue and not self._send_inflight:
+            # Like the stdlib: writes after close() are dropped only once nothing is
+            # left to send (an SSL close_notify written while draining must go out).
+            self._conn_lost += 1
         self._maybe_finalize()
 
     def abort(self) -> None:
@@ -560,9 +564,21 @@ class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transpo
             if self._sock is not None and not self._scheduled:
                 self._flush()
             return
-        if self._queue or self._send_inflight or self._recv_armed:
+        if self._queue or self._send_inflight:
+            return
+        if not self._shut and self._sock is not None:
+            # Nothing left to send: the peer sees EOF now, even if the loop stops before
+            # the receive's cancellation completes and the fd can be closed.
+            self._shut = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._recv_armed:
             return
         self._finalizing = True
+        if not self._conn_lost:
+            self._conn_lost = 1
         self._loop.call_soon(self._call_connection_lost, self._lost_exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
