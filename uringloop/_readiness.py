@@ -170,16 +170,20 @@ class ReadinessMixin:
 
     def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
         """Call ``callback(*args)`` while ``fd`` is readable (level-triggered)."""
+        self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         self._add_reader(fd, callback, *args)
 
     def remove_reader(self, fd: Any) -> bool:
         """Stop watching ``fd`` for reading; True if a reader was registered."""
+        self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         return self._remove_reader(fd)
 
     def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
         """Call ``callback(*args)`` while ``fd`` is writable (level-triggered)."""
+        self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         self._add_writer(fd, callback, *args)
 
     def remove_writer(self, fd: Any) -> bool:
         """Stop watching ``fd`` for writing; True if a writer was registered."""
+        self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         return self._remove_writer(fd)

@@ -98,6 +98,7 @@ class SockOpsMixin:
         base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self.get_debug() and sock.gettimeout() != 0:  # type: ignore[attr-defined]
             raise ValueError("the socket must be non-blocking")
+        self._ensure_fd_no_transport(sock)  # type: ignore[attr-defined]
 
     def _oneshot(
         self,

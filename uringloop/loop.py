@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import selectors
 import signal
 import socket
+import weakref
 from asyncio import base_events, constants, events, sslproto
 from typing import Any
 
@@ -106,6 +108,8 @@ class Loop(
         self._dirty: list[StreamTransport] = []
         self._selector = _UringSelector(self)
         self._acceptors: dict[int, Acceptor] = {}
+        #: fd -> socket transport using it (add_reader & co. refuse those fds, as asyncio)
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._signal_handlers: dict[int, events.Handle] = {}
         self._zc_counters = [0, 0, 0, 0]  # sends, notifications, copied, plain fallbacks
         self._make_self_pipe()
@@ -153,6 +157,12 @@ class Loop(
                 sock.close()
         self._ssock = self._csock = None  # type: ignore[assignment]
         self._internal_fds -= 1
+
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        fileno = fd if isinstance(fd, int) else selectors._fileobj_to_fd(fd)  # type: ignore[attr-defined]
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def _process_events(self, event_list: Any) -> None:
         pass  # completions were dispatched inside select()

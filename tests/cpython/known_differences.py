@@ -69,10 +69,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "by design: uringloop unlinks a Unix server's socket file on Server.close() on "
         "every Python version (3.13's cleanup_socket=True); the test unlinks it itself "
         "afterwards and gets FileNotFoundError",
-    "test_unix_events.TestFunctional.test_add_reader_or_writer_transport_fd":
-        "not implemented: add_reader()/add_writer()/remove_*() on the fd of a socket "
-        "transport are not refused with RuntimeError('File descriptor ... is used by "
-        "transport') as on the stdlib loop",
 }
 
 NOT_RUN: dict[str, str] = {
@@ -84,8 +80,4 @@ NOT_RUN: dict[str, str] = {
         "it at once) and the read never returns",
     "test_events.*EventLoopTests.test_write_pty":
         "by design: as test_write_pipe, on a pty (blocking os.read() before the loop runs)",
-    "test_ssl.TestSSL.test_remote_shutdown_receives_trailing_data":
-        "bug (stream.py, reported): StreamTransport.close() counts the connection as lost at "
-        "once, so a write() made after close() while the buffer drains (SSLProtocol writes "
-        "its close_notify from resume_writing()) is dropped; the peer waits for it forever",
 }

@@ -161,6 +161,7 @@ class DatagramTransport(ZeroCopyDatagramMixin, transports._FlowControlMixin,  # 
         self._loop: Loop = loop
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
+        loop._transports[self._fd] = self
         self._family = sock.family
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:

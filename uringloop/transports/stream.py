@@ -83,6 +83,7 @@ class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transpo
         self._loop: Loop = loop
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
+        loop._transports[self._fd] = self
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
