@@ -32,7 +32,6 @@ from .conftest import (
     free_port,
     loop_module,
     make_tls_cert,
-    on_uringloop,
     rand_bytes,
 )
 
@@ -310,22 +309,14 @@ async def test_tls(pg_server: PgServer) -> None:
     import ssl
 
     ctx = ssl.create_default_context(cafile=pg_server.cafile)
-    try:
-        c = await asyncpg.connect(
-            host="127.0.0.1",
-            port=pg_server.port,
-            user=pg_server.user,
-            database=pg_server.database,
-            ssl=ctx,
-            timeout=T,
-        )
-    except TypeError as e:
-        if on_uringloop() and "not supported by start_tls" in str(e):
-            # Known uringloop bug (uringloop/transports/stream.py): StreamTransport lacks
-            # `_start_tls_compatible = True`, so loop.start_tls() refuses it. This test
-            # runs for real, and must pass, as soon as that is fixed.
-            pytest.xfail("uringloop bug: StreamTransport is not start_tls-compatible")
-        raise
+    c = await asyncpg.connect(
+        host="127.0.0.1",
+        port=pg_server.port,
+        user=pg_server.user,
+        database=pg_server.database,
+        ssl=ctx,
+        timeout=T,
+    )
     try:
         assert await c.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         assert c.get_server_pid() > 0
