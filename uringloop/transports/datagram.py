@@ -32,7 +32,6 @@ import errno
 import os
 import socket
 import sys
-import warnings
 from asyncio import constants, transports, trsock  # type: ignore[attr-defined]
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _sockaddr
 from .._uring import ffi, lib
 from .._zcdgram import ZcDatagram, ZeroCopyDatagramMixin
+from ._socket_base import SocketLifecycleMixin
 
 if TYPE_CHECKING:
     from ..loop import Loop
@@ -142,7 +142,7 @@ def new_dgrams(n: int) -> tuple[Any, list[Any]]:
     return block, [ffi.cast("ul_dgram *", block + i * DGRAM_SIZE) for i in range(n)]
 
 
-class DatagramTransport(ZeroCopyDatagramMixin, transports._FlowControlMixin,  # type: ignore[misc]
+class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports._FlowControlMixin,  # type: ignore[misc]
                         transports.DatagramTransport):
     """A datagram socket transport whose I/O is io_uring operations."""
 
@@ -203,37 +203,6 @@ class DatagramTransport(ZeroCopyDatagramMixin, transports._FlowControlMixin,  # 
         self._protocol: Any = protocol
         self._protocol_connected = False
         loop.call_soon(self._connection_made, waiter)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
-        return f"<{type(self).__name__} fd={self._fd} {state}>"
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_sock", None) is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()  # type: ignore[union-attr]
-
-    # -- protocol wiring ---------------------------------------------------------------
-
-    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
-        if self._closing:
-            if waiter is not None and not waiter.cancelled():
-                waiter.set_result(None)
-            return
-        try:
-            self._protocol.connection_made(self)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            if waiter is not None and not waiter.cancelled():
-                waiter.set_exception(exc)
-            self._fatal_error(exc, "Fatal error: protocol.connection_made() failed")
-            return
-        self._protocol_connected = True
-        if not self._paused and not self._closing:
-            self._arm_recv()
-        if waiter is not None and not waiter.cancelled():
-            waiter.set_result(None)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol

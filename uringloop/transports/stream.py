@@ -19,7 +19,6 @@ import errno
 import os
 import socket
 import sys
-import warnings
 from asyncio import (
     constants,
     protocols,
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
 from .._uring import lib
 from ..zerocopy import ZeroCopyStreamMixin, ZeroCopyWrite
+from ._socket_base import SocketLifecycleMixin
 
 if TYPE_CHECKING:
     from ..loop import Loop
@@ -55,7 +55,9 @@ def _os_error(res: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+class StreamTransport(  # type: ignore[misc]
+    SocketLifecycleMixin, ZeroCopyStreamMixin, transports._FlowControlMixin, transports.Transport
+):
     """A socket stream transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024
@@ -139,37 +141,6 @@ class StreamTransport(ZeroCopyStreamMixin, transports._FlowControlMixin, transpo
         self._protocol_connected = False
         self._empty_waiter: asyncio.Future[None] | None = None
         loop.call_soon(self._connection_made, waiter)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
-        return f"<{type(self).__name__} fd={self._fd} {state}>"
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_sock", None) is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
-
-    # -- protocol wiring ---------------------------------------------------------------
-
-    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
-        if self._closing:
-            if waiter is not None and not waiter.cancelled():
-                waiter.set_result(None)
-            return
-        try:
-            self._protocol.connection_made(self)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            if waiter is not None and not waiter.cancelled():
-                waiter.set_exception(exc)
-            self._fatal_error(exc, "Fatal error: protocol.connection_made() failed")
-            return
-        self._protocol_connected = True
-        if not self._paused and not self._closing:
-            self._arm_recv()
-        if waiter is not None and not waiter.cancelled():
-            waiter.set_result(None)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
