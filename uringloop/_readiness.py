@@ -22,10 +22,17 @@ import select
 import selectors
 from asyncio import events
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._ring import Ring
 from ._uring import lib
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
 
 __all__ = ["ReadinessMixin"]
 
@@ -168,7 +175,9 @@ class ReadinessMixin:
     def _remove_writer(self, fd: Any) -> bool:
         return self._remove_watch(self._readiness_tables()[1], fd)
 
-    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+    def add_reader(
+        self, fd: Any, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+    ) -> None:
         """Call ``callback(*args)`` while ``fd`` is readable (level-triggered)."""
         self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         self._add_reader(fd, callback, *args)
@@ -178,7 +187,9 @@ class ReadinessMixin:
         self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         return self._remove_reader(fd)
 
-    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+    def add_writer(
+        self, fd: Any, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+    ) -> None:
         """Call ``callback(*args)`` while ``fd`` is writable (level-triggered)."""
         self._ensure_fd_no_transport(fd)  # type: ignore[attr-defined]
         self._add_writer(fd, callback, *args)

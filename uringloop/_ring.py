@@ -129,7 +129,7 @@ class Ring:
             raise RuntimeError("uringloop: a loop inherited through fork() cannot be used")
         return self._ptr
 
-    def counters(self) -> dict[int | str, int]:
+    def counters(self) -> dict[str, int]:
         if self._ptr != ffi.NULL:  # after close(): the values read when it closed
             lib.ul_counters(self._ptr, self._counters)
         c = self._counters
@@ -167,7 +167,7 @@ class Ring:
         if self._batch is not None:
             self.dispatch()
         if timeout is None:
-            n = lib.ul_run(self._ptr, 1, -1, self._ud, self._res, self._flags, self._cap)
+            n: int = lib.ul_run(self._ptr, 1, -1, self._ud, self._res, self._flags, self._cap)
         elif timeout > 0:
             n = lib.ul_run(
                 self._ptr, 1, int(timeout * 1e9), self._ud, self._res, self._flags, self._cap

@@ -190,7 +190,7 @@ class SockOpsMixin:
         while off < total:
             start = off
             sent = await self._oneshot(
-                lambda r, ud, start=start: lib.ul_prep_send(
+                lambda r, ud, start=start: lib.ul_prep_send(  # type: ignore[misc]
                     r, fd, ud, cbuf + start, total - start, 0
                 ),
                 (cbuf, view),

@@ -30,7 +30,7 @@ __all__ = ["SubprocessMixin"]
 _ECANCELED = -errno.ECANCELED
 
 
-class _SubprocessTransport(base_subprocess.BaseSubprocessTransport):  # type: ignore[misc]
+class _SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     def _start(self, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any,
                bufsize: int, **kwargs: Any) -> None:
         self._proc = subprocess.Popen(
@@ -144,9 +144,11 @@ class SubprocessMixin:
         bufsize: int, extra: Any = None, **kwargs: Any,
     ) -> _SubprocessTransport:
         waiter = self.create_future()  # type: ignore[attr-defined]
-        transp = _SubprocessTransport(self, protocol, args, shell, stdin, stdout, stderr,
+        transp = _SubprocessTransport(self, protocol, args, shell, stdin, stdout, stderr,  # type: ignore[arg-type]
                                       bufsize, waiter=waiter, extra=extra, **kwargs)
-        self._watch_child(transp.get_pid(), transp)
+        pid = transp.get_pid()
+        assert pid is not None  # Popen's pid, set once the constructor returns
+        self._watch_child(pid, transp)
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):

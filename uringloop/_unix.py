@@ -18,7 +18,7 @@ import socket
 import stat
 from asyncio import base_events, tasks
 from asyncio.log import logger
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["UnixMixin"]
 
@@ -28,8 +28,14 @@ class _UnixServer(base_events.Server):
 
     _unix_cleanup: dict[str, int]
 
+    if TYPE_CHECKING:
+        # Server internals that typeshed does not declare.
+        _sockets: list[socket.socket] | None
+
+        def _start_serving(self) -> None: ...
+
     def close(self) -> None:
-        if self._sockets is None:  # type: ignore[attr-defined]
+        if self._sockets is None:
             return
         super().close()
         cleanup = getattr(self, "_unix_cleanup", None)
@@ -166,7 +172,7 @@ class UnixMixin:
                     pass
 
         sock.setblocking(False)
-        server = _UnixServer(self, [sock], protocol_factory, ssl, backlog,
+        server = _UnixServer(self, [sock], protocol_factory, ssl, backlog,  # type: ignore[arg-type]
                              ssl_handshake_timeout, ssl_shutdown_timeout)
         server._unix_cleanup = cleanup
         if start_serving:

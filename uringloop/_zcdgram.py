@@ -68,8 +68,8 @@ class ZcDatagram:
             else:
                 bi = 0
             if raw is None:
-                rc = lib.ul_prep_sendto_zc(ring, fd, batch.ud, self.ptr, self.nbytes, ffi.NULL,
-                                           0, flags, bi, link)
+                rc: int = lib.ul_prep_sendto_zc(ring, fd, batch.ud, self.ptr, self.nbytes, ffi.NULL,
+                                                0, flags, bi, link)
             else:
                 rc = lib.ul_prep_sendto_zc(ring, fd, batch.ud, self.ptr, self.nbytes, raw,
                                            len(raw), flags, bi, link)
@@ -205,7 +205,7 @@ class ZeroCopyDatagramMixin:
                 supported, reason = False, "SEND_ZC supports TCP/UDP sockets only"
             state = self.__dict__["_zcs"] = ZeroCopyState(loop.get_zerocopy_mode(), supported,
                                                          reason)
-        return state  # type: ignore[no-any-return]
+        return state
 
     def set_zerocopy_mode(self, mode: str) -> None:
         """``"auto"``, ``"always"`` or ``"never"``; see StreamTransport.set_zerocopy_mode."""
@@ -244,7 +244,7 @@ class ZeroCopyDatagramMixin:
         if not t._extra["peername"]:
             raw = encode_address(t._family, addr)
         # validate everything before taking any pool buffer
-        targets = []
+        targets: list[tuple[tuple[zcpool.ZeroCopyBuffer, int, int] | None, memoryview | None]] = []
         for data in buffers:
             target = zcpool.send_target(data)
             if target is None:
@@ -264,6 +264,7 @@ class ZeroCopyDatagramMixin:
                 pbuf, start, stop = target
                 view, bi = pbuf._begin_send(loop, start, stop)
                 batch.pbufs.append(pbuf)
+            assert view is not None  # each target is (pool buffer, None) or (None, view)
             items.append(ZcDatagram(batch, view, bi))
         batch.total = len(items)
         if t._conn_lost or t._sock is None or t._closing:

@@ -16,7 +16,8 @@ import signal
 import socket
 import weakref
 from asyncio import base_events, constants, events, sslproto
-from typing import Any
+from asyncio.log import logger
+from typing import TYPE_CHECKING, Any
 
 from . import _caps
 from ._accept import Acceptor
@@ -30,6 +31,15 @@ from ._unix import UnixMixin
 from ._uring import lib
 from .transports.stream import StreamTransport
 from .zcpool import ZeroCopyLoopMixin
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from typing_extensions import TypeVarTuple, Unpack
+
+    from .transports.datagram import DatagramTransport
+
+    _Ts = TypeVarTuple("_Ts")
 
 __all__ = ["Loop"]
 
@@ -90,6 +100,14 @@ class Loop(
 ):
     """An asyncio event loop on io_uring. Create it with :func:`uringloop.new_event_loop`."""
 
+    if TYPE_CHECKING:
+        # BaseEventLoop internals used here that typeshed does not declare.
+        _debug: bool
+        _internal_fds: int
+
+        def _check_closed(self) -> None: ...
+        def _add_callback_signalsafe(self, handle: events.Handle) -> None: ...
+
     def __init__(
         self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536,
         ring_entries: int = 4096, cq_entries: int = 16384,
@@ -104,7 +122,7 @@ class Loop(
             raise
         self._ring.on_error = self._on_handler_error
         self._caps = _caps.capabilities(self._ring)
-        self._dirty: list[StreamTransport] = []
+        self._dirty: list[StreamTransport | DatagramTransport] = []
         self._selector = _UringSelector(self)
         self._acceptors: dict[int, Acceptor] = {}
         #: fd -> socket transport using it (add_reader & co. refuse those fds, as asyncio)
@@ -147,8 +165,8 @@ class Loop(
             csock.send(b"\0")
         except OSError:
             if self._debug:
-                base_events.logger.debug("Fail to write a null byte into the self-pipe socket",
-                                         exc_info=True)
+                logger.debug("Fail to write a null byte into the self-pipe socket",
+                             exc_info=True)
 
     def _close_self_pipe(self) -> None:
         for sock in (self._ssock, self._csock):
@@ -220,7 +238,8 @@ class Loop(
     ) -> Any:
         ssl_protocol = sslproto.SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
+            # typeshed has int | None; asyncio's own default is the float constant
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         StreamTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
@@ -309,7 +328,9 @@ class Loop(
         if sig not in signal.valid_signals():
             raise ValueError(f"invalid signal number {sig}")
 
-    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+    def add_signal_handler(
+        self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+    ) -> None:
         """Run ``callback(*args)`` in the loop when signal ``sig`` arrives."""
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
@@ -363,7 +384,7 @@ class Loop(
             try:
                 signal.set_wakeup_fd(-1)
             except (ValueError, OSError) as exc:
-                base_events.logger.info("set_wakeup_fd(-1) failed: %s", exc)
+                logger.info("set_wakeup_fd(-1) failed: %s", exc)
         return True
 
 

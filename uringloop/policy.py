@@ -40,7 +40,7 @@ def new_event_loop(*, fallback: bool = False) -> asyncio.AbstractEventLoop:
         return asyncio.SelectorEventLoop()
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """An event loop policy whose loops are uringloop loops (stdlib loops with
     ``fallback=True`` when io_uring is unavailable, without a warning per loop)."""
 
@@ -48,7 +48,7 @@ class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,vali
         super().__init__()
         self._fallback = fallback
 
-    def _loop_factory(self) -> asyncio.AbstractEventLoop:  # type: ignore[override]
+    def _loop_factory(self) -> asyncio.AbstractEventLoop:
         if self._fallback:
             try:
                 return Loop()

@@ -401,14 +401,14 @@ class ZeroCopyLoopMixin:
         table = self.__dict__.get("_zc_table_obj")
         if table is None:
             table = self.__dict__["_zc_table_obj"] = _Table(self._ring)
-        return table  # type: ignore[no-any-return]
+        return table
 
     @property
     def _zc_pools(self) -> set[ZeroCopyBufferPool]:
         pools = self.__dict__.get("_zc_pools_set")
         if pools is None:
             pools = self.__dict__["_zc_pools_set"] = set()
-        return pools  # type: ignore[no-any-return]
+        return pools
 
     def zerocopy_buffers(self, count: int, size: int, *, max_count: int | None = None,
                          grow_by: int | None = None) -> ZeroCopyBufferPool:

@@ -475,7 +475,8 @@ class ZeroCopyStreamMixin:
                 reason = "SEND_ZC supports TCP/UDP sockets only"
             elif not supported:
                 reason = "this kernel has no IORING_OP_SEND_ZC (Linux 6.0)"
-            state = self._zc = ZeroCopyState(loop.get_zerocopy_mode(), supported, reason)
+            # _zc: a slot of the transport class this mixin is part of
+            state = self._zc = ZeroCopyState(loop.get_zerocopy_mode(), supported, reason)  # type: ignore[misc]
         return state
 
     def set_zerocopy_mode(self, mode: str) -> None:
@@ -551,6 +552,7 @@ class ZeroCopyStreamMixin:
             pbuf, start, stop = target
             view, buf_index = pbuf._begin_send(loop, start, stop)
         caps = loop._caps
+        assert view is not None  # from as_send_buffer() or the pool buffer
         entry = ZeroCopyWrite(t, fut, view, caps.send_zc, caps.send_zc_report_usage)
         entry.state = self._zc_state()
         if target is not None:

@@ -48,7 +48,7 @@ class SocketLifecycleMixin:
                 waiter.set_exception(exc)
             self._fatal_error(exc, "Fatal error: protocol.connection_made() failed")  # type: ignore[attr-defined]
             return
-        self._protocol_connected = True
+        self._protocol_connected = True  # type: ignore[misc]  # a slot of the transport class
         if not self._paused and not self._closing:
             self._arm_recv()  # type: ignore[attr-defined]
         if waiter is not None and not waiter.cancelled():

@@ -32,7 +32,7 @@ import errno
 import os
 import socket
 import sys
-from asyncio import constants, transports, trsock  # type: ignore[attr-defined]
+from asyncio import constants, transports, trsock
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +89,7 @@ def _host(host: Any, family: int) -> str:
         pass
     # A host name: resolve it (blocking), as socket.sendto() does.
     infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM)
-    return infos[0][4][0]  # type: ignore[no-any-return]
+    return infos[0][4][0]  # type: ignore[return-value]  # an AF_INET/AF_INET6 host: a str
 
 
 def encode_address(family: int, addr: Any) -> bytes:
@@ -142,11 +142,18 @@ def new_dgrams(n: int) -> tuple[Any, list[Any]]:
     return block, [ffi.cast("ul_dgram *", block + i * DGRAM_SIZE) for i in range(n)]
 
 
-class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports._FlowControlMixin,  # type: ignore[misc]
+class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports._FlowControlMixin,
                         transports.DatagramTransport):
     """A datagram socket transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024  # receive buffer for non-IP sockets (as asyncio's recvfrom size)
+
+    if TYPE_CHECKING:
+        # asyncio transport internals that typeshed does not declare.
+        _extra: dict[str, Any]
+
+        def _maybe_pause_protocol(self) -> None: ...
+        def _maybe_resume_protocol(self) -> None: ...
 
     def __init__(
         self,
@@ -321,7 +328,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._buffer_size += len(data) + _HEADER_SIZE
         if not self._inflight and not self._scheduled:
             self._scheduled = True
-            self._loop._dirty.append(self)  # type: ignore[arg-type]
+            self._loop._dirty.append(self)
         self._maybe_pause_protocol()
 
     def _flush(self) -> None:
@@ -349,7 +356,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
                 # No SQE free: what was queued still completes; the rest goes later.
                 if not inflight:
                     self._scheduled = True
-                    self._loop._dirty.append(self)  # type: ignore[arg-type]
+                    self._loop._dirty.append(self)
                 break
             queue.popleft()
             inflight.append((data, cdata))

@@ -58,6 +58,9 @@ class ReadPipeTransport(transports.ReadTransport):
 
     max_size = 256 * 1024
 
+    if TYPE_CHECKING:
+        _extra: dict[str, Any]  # BaseTransport's, not declared by typeshed
+
     def __init__(
         self, loop: Loop, pipe: Any, protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None,
@@ -88,7 +91,7 @@ class ReadPipeTransport(transports.ReadTransport):
         # start reading only once connection_made() has run
         self._loop.call_soon(self._arm)
         if waiter is not None:
-            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         state = "closed" if self._pipe is None else ("closing" if self._closing else "open")
@@ -281,8 +284,15 @@ class ReadPipeTransport(transports.ReadTransport):
             # else: the handler (and the buffer) live on until the cancelled read's CQE
 
 
-class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport):  # type: ignore[misc]
+class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport):
     """The write end of a pipe (or a socket / character device) on io_uring ``WRITE``."""
+
+    if TYPE_CHECKING:
+        # asyncio transport internals that typeshed does not declare.
+        _extra: dict[str, Any]
+
+        def _maybe_pause_protocol(self) -> None: ...
+        def _maybe_resume_protocol(self) -> None: ...
 
     def __init__(
         self, loop: Loop, pipe: Any, protocol: asyncio.BaseProtocol,
@@ -319,7 +329,7 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
         if is_sock or is_fifo:
             self._loop.call_soon(self._arm_peer_poll)
         if waiter is not None:
-            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         state = "closed" if self._pipe is None else ("closing" if self._closing else "open")

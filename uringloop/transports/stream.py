@@ -23,7 +23,7 @@ from asyncio import (
     constants,
     protocols,
     transports,
-    trsock,  # type: ignore[attr-defined]
+    trsock,
 )
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +55,13 @@ def _os_error(res: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class StreamTransport(  # type: ignore[misc]
+class StreamTransport(
     SocketLifecycleMixin, ZeroCopyStreamMixin, transports._FlowControlMixin, transports.Transport
 ):
     """A socket stream transport whose I/O is io_uring operations."""
 
     max_size = 256 * 1024
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE  # type: ignore[attr-defined]
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
 
     __slots__ = (
@@ -71,6 +71,15 @@ class StreamTransport(  # type: ignore[misc]
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted", "_shut",
         "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter", "_zc",
     )
+
+    if TYPE_CHECKING:
+        # asyncio transport internals that typeshed does not declare.
+        _extra: dict[str, Any]
+        _high_water: int
+        _protocol_paused: bool
+
+        def _maybe_pause_protocol(self) -> None: ...
+        def _maybe_resume_protocol(self) -> None: ...
 
     def __init__(
         self,
@@ -180,7 +189,7 @@ class StreamTransport(  # type: ignore[misc]
             # The hot path: data for a plain Protocol, receive still armed.
             off = (flags >> BUFFER_SHIFT) * self._bufsize
             try:
-                self._protocol.data_received(self._pbuf[off : off + res].tobytes())
+                self._protocol.data_received(self._pbuf[off : off + res].tobytes())  # type: ignore[attr-defined]
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -200,7 +209,7 @@ class StreamTransport(  # type: ignore[misc]
                 self._feed_buffered(off, res)
             else:
                 try:
-                    self._protocol.data_received(self._pbuf[off : off + res].tobytes())
+                    self._protocol.data_received(self._pbuf[off : off + res].tobytes())  # type: ignore[attr-defined]
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
@@ -562,7 +571,8 @@ class StreamTransport(  # type: ignore[misc]
         ring.unregister(self._send_ud)
         try:
             if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+                # typeshed has Exception | None; asyncio passes BaseExceptions too
+                self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             sock, self._sock = self._sock, None
             if sock is not None:
