@@ -752,6 +752,29 @@ int ul_dgram_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d)
     return ul_prep_recvmsg(r, fd, ud, &d->msg, 0);
 }
 
+/* ---- gathered stream sends ---- */
+
+struct ul_sendv {
+    struct msghdr msg;
+    struct iovec iov[];
+};
+
+size_t ul_sendv_size(unsigned cap) { return sizeof(struct ul_sendv) + cap * sizeof(struct iovec); }
+
+void ul_sendv_set(ul_sendv *v, unsigned i, const char *buf, size_t len)
+{
+    v->iov[i].iov_base = (void *)buf;
+    v->iov[i].iov_len = len;
+}
+
+int ul_prep_sendv(ul_ring *r, int fd, uint64_t ud, ul_sendv *v, unsigned n)
+{
+    memset(&v->msg, 0, sizeof(v->msg));
+    v->msg.msg_iov = v->iov;
+    v->msg.msg_iovlen = n;
+    return ul_prep_sendmsg(r, fd, ud, &v->msg, 0, 0, 0);
+}
+
 /* ---- zero-copy helpers ---- */
 /* Registered-buffer table for zero-copy pools: one sparse table of `nr` slots
    (IORING_REGISTER_BUFFERS2, 5.19 for SPARSE), filled and emptied slot by slot with

@@ -82,6 +82,17 @@ int ul_dgram_flags(const ul_dgram *d);
 int ul_dgram_prep_sendmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d, int hardlink);
 int ul_dgram_prep_recvmsg(ul_ring *r, int fd, uint64_t ud, ul_dgram *d);
 
+/* ---- gathered stream sends ---- */
+/* A msghdr and up to `cap` iovecs in one block, for one SENDMSG that sends several queued
+   buffers of a stream socket in order. Allocate ul_sendv_size(cap) bytes (malloc
+   alignment suffices). The block and every buffer it points to must stay alive until the
+   SENDMSG's completion. */
+typedef struct ul_sendv ul_sendv;
+size_t ul_sendv_size(unsigned cap);
+void ul_sendv_set(ul_sendv *v, unsigned i, const char *buf, size_t len);
+/* SENDMSG (MSG_NOSIGNAL) of iovecs [0, n) of `v`. */
+int ul_prep_sendv(ul_ring *r, int fd, uint64_t ud, ul_sendv *v, unsigned n);
+
 /* ---- zero-copy helpers ---- */
 /* A sparse registered-buffer table of nr slots; slots set (or cleared: addr NULL, len 0)
    one at a time. */
