@@ -343,6 +343,226 @@ async def test_unix_socket_write_zerocopy_copies(tmp_path):
     await server.wait_closed()
 
 
+# -- gathered plain sends ---------------------------------------------------------------
+# In plain mode ("never", or "auto" once loopback's copies are reported) the zero-copy
+# writes queued at the head of the queue, with the write() data between them, go out as
+# one SENDMSG whose iovecs point into the writes' own buffers.
+
+
+def mixed_batch(n: int, size: int, seed: int):
+    """n zero-copy buffers of ``size`` + i bytes and the write() chunks between them."""
+    bufs = [bytearray(rand_bytes(size + i, seed + i)) for i in range(n)]
+    small = [b"<%d>" % i * (1 + i % 3) for i in range(n)]
+    want = b"".join(bytes(b) + s for b, s in zip(bufs, small, strict=True))
+    return bufs, small, want
+
+
+def queue_mixed(tr, bufs, small):
+    futs = []
+    for b, s in zip(bufs, small, strict=True):
+        futs.append(tr.write_zerocopy(b))
+        tr.write(s)
+    return futs
+
+
+def shrink_sndbuf(tr, size=16384):
+    # (the receive side keeps its size: tiny TCP windows crawl on loopback)
+    tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def released(bufs):
+    for b in bufs:
+        b.append(0)  # BufferError while the transport still holds it
+        del b[-1]
+
+
+@pytest.mark.parametrize("mode", ["never", "auto"])
+async def test_plain_mode_gathers_writes_in_order(mode, fd_guard):
+    loop = asyncio.get_running_loop()
+    bufs, small, want = mixed_batch(60, 1000, 100)
+    tr, proto, srv, server = await pair(mode=mode, expect=3 * 3000 + len(want))
+    if mode == "auto":  # get the socket switched to plain sends first
+        for _ in range(3):
+            await asyncio.wait_for(tr.write_zerocopy(b"z" * 3000), T)
+        assert tr.zerocopy_stats()["using"] == "copy"
+    else:
+        tr.write(b"z" * 9000)
+    pool = loop.zerocopy_buffers(1, 4096)
+    pbuf = pool.acquire()
+    pbuf[:5] = b"POOL!"
+    before, st0 = loop.stats(), tr.zerocopy_stats()
+    futs = queue_mixed(tr, bufs[:30], small[:30])
+    futs.append(tr.write_zerocopy(pbuf[:5]))  # a pool buffer in the batch too
+    futs += queue_mixed(tr, bufs[30:], small[30:])
+    with pytest.raises(BufferError):
+        bufs[7].append(0)  # exported until the send that covers it completed
+    results = await asyncio.wait_for(asyncio.gather(*futs), T)
+    cut = sum(map(len, bufs[:30] + small[:30]))
+    want = want[:cut] + b"POOL!" + want[cut:]
+    got = await asyncio.wait_for(srv.got_all, T)
+    assert got == b"z" * 9000 + want
+    released(bufs)
+    assert pool.stats()["free"] == 1  # the pool buffer went back after its send
+    fallback = "adaptive" if mode == "auto" else "never"
+    for res, b in zip(results, bufs[:30] + [b"POOL!"] + bufs[30:], strict=True):
+        assert res.nbytes == len(b) and res.zerocopy is False and res.copied is True
+        assert res.fallback == fallback and res.sends >= 1 and res.notifications == 0
+        assert res.copied_sends == res.sends
+    after, st1 = loop.stats(), tr.zerocopy_stats()
+    # gathered: a few SENDMSGs for 61 zero-copy writes and 60 write()s, not 121 sends
+    assert after["submitted"] - before["submitted"] < 15
+    assert st1["plain_sends"] - st0["plain_sends"] == sum(r.sends for r in results)
+    assert after["zerocopy_fallback_sends"] - before["zerocopy_fallback_sends"] == \
+        sum(r.sends for r in results)
+    assert st1["zerocopy_sends"] == st0["zerocopy_sends"]
+    assert tr.get_write_buffer_size() == 0
+    await shutdown(tr, proto, srv, server)
+    pool.close()
+
+
+async def test_plain_mode_short_sends_resume_at_the_byte(fd_guard):
+    """A peer that does not read: the gathered send is cut anywhere (inside a zero-copy
+    buffer or a write() chunk) and the next send resumes at that byte."""
+    bufs, small, want = mixed_batch(40, 50_021, 200)
+    tr, proto, srv, server = await pair(mode="never", paused_server=True, expect=len(want))
+    shrink_sndbuf(tr)
+    futs = queue_mixed(tr, bufs, small)
+    await asyncio.sleep(0.1)
+    assert not all(f.done() for f in futs)  # the kernel cannot take 2 MB
+    assert tr.get_write_buffer_size() > 0
+    srv.transport.resume_reading()
+    results = await asyncio.wait_for(asyncio.gather(*futs), 30)
+    assert await asyncio.wait_for(srv.got_all, 30) == want
+    released(bufs)
+    assert [r.nbytes for r in results] == [len(b) for b in bufs]
+    assert any(r.sends >= 2 for r in results)  # some buffer was split between two sends
+    assert tr.get_write_buffer_size() == 0
+    await shutdown(tr, proto, srv, server)
+
+
+async def test_plain_mode_cancel_keeps_buffers_until_sent(fd_guard):
+    bufs, small, want = mixed_batch(20, 100_003, 300)
+    tr, proto, srv, server = await pair(mode="never", paused_server=True, expect=len(want))
+    shrink_sndbuf(tr)
+    futs = queue_mixed(tr, bufs, small)
+    await asyncio.sleep(0.05)
+    for f in futs:
+        f.cancel()
+    await asyncio.sleep(0)
+    with pytest.raises(BufferError):
+        bufs[-1].append(0)  # cancelled, but not sent yet: still exported
+    srv.transport.resume_reading()
+    assert await asyncio.wait_for(srv.got_all, 30) == want  # nothing unsent
+    await asyncio.sleep(0.01)
+    released(bufs)
+    await shutdown(tr, proto, srv, server)
+
+
+async def test_plain_mode_peer_reset_mid_batch_fails_the_rest(fd_guard):
+    bufs, small, want = mixed_batch(40, 50_021, 400)
+    tr, proto, srv, server = await pair(mode="never", paused_server=True)
+    shrink_sndbuf(tr)
+    futs = queue_mixed(tr, bufs, small)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if tr.get_write_buffer_size() < len(want):
+            break  # a first part was sent: the rest waits for the peer
+    assert not all(f.done() for f in futs)
+    ssock = srv.transport.get_extra_info("socket")
+    ssock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    srv.transport.abort()  # closes with a RST
+    done, pending = await asyncio.wait(futs, timeout=T)
+    assert not pending  # every future resolved: sent in full, or failed
+    failed = [f for f in futs if f.exception() is not None]
+    assert failed and all(isinstance(f.exception(), OSError) for f in failed)
+    # in order: a write can only have gone out whole if every earlier one did
+    ok = [f.exception() is None for f in futs]
+    assert ok == sorted(ok, reverse=True)
+    released(bufs)  # every buffer released, failed ones included
+    await asyncio.wait_for(proto.lost, T)
+    await asyncio.wait_for(srv.lost, T)
+    await close_server(server)
+
+
+async def test_plain_mode_abort_mid_batch_fails_the_unsent(fd_guard):
+    bufs, small, want = mixed_batch(40, 50_021, 450)
+    tr, proto, srv, server = await pair(mode="never", paused_server=True)
+    shrink_sndbuf(tr)
+    futs = queue_mixed(tr, bufs, small)
+    await asyncio.sleep(0.05)
+    assert not all(f.done() for f in futs)
+    tr.abort()  # cancels the gathered send in flight
+    done, pending = await asyncio.wait(futs, timeout=T)
+    assert not pending
+    ok = [f.exception() is None for f in futs]
+    assert not all(ok) and ok == sorted(ok, reverse=True)
+    assert all(isinstance(f.exception(), OSError) for f in futs if f.exception())
+    released(bufs)
+    await asyncio.wait_for(proto.lost, T)
+    srv.transport.resume_reading()
+    await shutdown(tr, proto, srv, server)
+
+
+async def test_plain_mode_batch_error_raises_on_every_write():
+    """The gathered SENDMSG itself fails: every write it covered gets the error."""
+    tr, proto, srv, server = await pair(mode="never")
+    ssock = srv.transport.get_extra_info("socket")
+    ssock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    srv.transport.abort()
+    await asyncio.wait_for(srv.lost, T)
+    tr.pause_reading()  # the reset must reach the send, not the receive
+    await asyncio.sleep(0.05)
+    bufs, small, _ = mixed_batch(10, 1000, 500)
+    futs = queue_mixed(tr, bufs, small)
+    done, pending = await asyncio.wait(futs, timeout=T)
+    assert not pending
+    errs = [f.exception() for f in futs]
+    assert all(isinstance(e, OSError) and e.errno in (errno.ECONNRESET, errno.EPIPE)
+               for e in errs), errs
+    released(bufs)
+    await asyncio.wait_for(proto.lost, T)
+    await close_server(server)
+
+
+async def test_plain_mode_probe_is_sent_alone(monkeypatch):
+    """auto mode switched to copy still sends its periodic SEND_ZC probe, on its own."""
+    from uringloop.zerocopy import ZeroCopyState
+
+    monkeypatch.setattr(ZeroCopyState, "PROBE_INTERVAL", 8)
+    bufs, small, want = mixed_batch(30, 2000, 600)
+    tr, proto, srv, server = await pair(mode=None, expect=3 * 100 + len(want))
+    for _ in range(3):
+        await asyncio.wait_for(tr.write_zerocopy(b"p" * 100), T)
+    st0 = tr.zerocopy_stats()
+    if not (FEATURES["send_zc"] and FEATURES["send_zc_report_usage"]):
+        pytest.skip("auto mode cannot switch without SEND_ZC usage reports")
+    assert st0["using"] == "copy"
+    futs = queue_mixed(tr, bufs, small)
+    results = await asyncio.wait_for(asyncio.gather(*futs), T)
+    assert await asyncio.wait_for(srv.got_all, T) == b"p" * 300 + want
+    probes = [i for i, r in enumerate(results) if r.zerocopy]
+    assert len(probes) == 30 // 8  # one SEND_ZC every 8 sends
+    assert all(results[i].sends == 1 and results[i].notifications == 1 for i in probes)
+    st1 = tr.zerocopy_stats()
+    assert st1["zerocopy_sends"] - st0["zerocopy_sends"] == len(probes)
+    assert st1["plain_sends"] - st0["plain_sends"] == 30 - len(probes)
+    assert st1["using"] == "copy"  # the probes were copied too (loopback)
+    released(bufs)
+    await shutdown(tr, proto, srv, server)
+
+
+async def test_always_mode_is_not_gathered():
+    bufs, small, want = mixed_batch(10, 3000, 700)
+    tr, proto, srv, server = await pair(mode="always", expect=len(want))
+    results = await asyncio.wait_for(asyncio.gather(*queue_mixed(tr, bufs, small)), T)
+    assert await asyncio.wait_for(srv.got_all, T) == want
+    for r in results:
+        assert r.zerocopy is FEATURES["send_zc"]
+        assert r.fallback == (None if FEATURES["send_zc"] else "unsupported")
+    released(bufs)
+    await shutdown(tr, proto, srv, server)
+
+
 # -- UDP --------------------------------------------------------------------------------
 
 

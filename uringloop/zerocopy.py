@@ -29,6 +29,7 @@ __all__ = [
 
 SEND_ZC_REPORT_USAGE = 1 << 3
 RECVSEND_FIXED_BUF = 1 << 2
+IOV_MAX = 1024  # UIO_MAXIOV: the most iovecs one SENDMSG takes
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,21 @@ class ZeroCopyWrite:
             copied = self.copied_sends > 0
         else:
             copied = None
-        return ZeroCopyResult(
-            nbytes=self.nbytes, sends=self.sends, notifications=self.notifications,
-            copied_sends=self.copied_sends + self.plain_sends,
-            zerocopy=zerocopy, copied=copied,
-            fallback=self.fallback if (self.plain_sends or not self.sends) else None,
+        key = (
+            self.nbytes, self.sends, self.notifications, self.copied_sends + self.plain_sends,
+            zerocopy, copied, self.fallback if (self.plain_sends or not self.sends) else None,
         )
+        res = _RESULTS.get(key)
+        if res is None:
+            if len(_RESULTS) >= 1024:
+                _RESULTS.clear()
+            res = _RESULTS[key] = ZeroCopyResult(*key)
+        return res
+
+
+# Results are frozen values and most writes of a stream give equal ones (same size, one
+# send): they are shared, which saves building a frozen dataclass per write.
+_RESULTS: dict[tuple[Any, ...], ZeroCopyResult] = {}
 
 
 class ZeroCopyState:
@@ -272,6 +282,27 @@ class ZeroCopyState:
             self.since_probe = 0
             return True, None  # probe: is this path still copying?
         return False, "adaptive"
+
+    def plain_budget(self) -> int:
+        """How many of the next :meth:`choose` calls will pick a plain send (at most
+        :data:`IOV_MAX`), without choosing: 0 when the next send is a SEND_ZC."""
+        mode = self.mode
+        if not self.supported or mode == "never":
+            return IOV_MAX
+        if mode == "always" or self.active:
+            return 0
+        return min(IOV_MAX, max(0, self.PROBE_INTERVAL - 1 - self.since_probe))
+
+    def take_plain(self, n: int) -> str:
+        """``n`` :meth:`choose` calls that pick plain sends (at most :meth:`plain_budget`)
+        and :meth:`count_send` for each; the reason they are plain."""
+        self.plain_sends += n
+        if not self.supported:
+            return "unsupported"
+        if self.mode == "never":
+            return "never"
+        self.since_probe += n
+        return "adaptive"
 
     def count_send(self, zc: bool) -> None:
         if zc:
@@ -455,6 +486,39 @@ class ZeroCopyGeneration:
         ))
 
 
+class PlainSendBatch:
+    """The gathered plain send of a stream transport (one per transport, reused).
+
+    When the zero-copy writes at the head of the write queue go out as plain sends
+    (adaptive copy mode, ``"never"``, no SEND_ZC), the run of them at the head of the
+    queue, with the ``write()`` data queued between them, is sent in order by one
+    ``SENDMSG`` whose iovecs point into the writes' own buffers, the way ``write()``
+    coalesces its data into one ``SEND``. Each write's future resolves once the bytes
+    covering it were sent: a plain send's completion means the kernel copied them.
+    The run stays at the head of the queue, every buffer referenced and still exported,
+    until that completion; a short send leaves the rest there (an entry keeps its byte
+    ``offset``, a bytes chunk is cut) and the next send resumes at that byte.
+    """
+
+    __slots__ = ("mem", "block", "cap", "items", "ud")
+
+    def __init__(self) -> None:
+        self.mem: Any = None  # owns the block's memory
+        self.block: Any = None  # ul_sendv *: msghdr + iovecs
+        self.cap = 0
+        self.items: list[Any] = []  # the queue's head items in flight, empty when idle
+        self.ud = 0
+
+    def reserve(self, n: int) -> Any:
+        """The block, with room for ``n`` iovecs (only called with no send in flight)."""
+        if n > self.cap:
+            cap = min(IOV_MAX, max(16, 1 << (n - 1).bit_length()))
+            self.mem = ffi.new("char[]", lib.ul_sendv_size(cap))
+            self.block = ffi.cast("ul_sendv *", self.mem)
+            self.cap = cap
+        return self.block
+
+
 class ZeroCopyStreamMixin:
     """The zero-copy API of the stream transport (generations, pools, modes)."""
 
@@ -520,7 +584,7 @@ class ZeroCopyStreamMixin:
         ``write_zerocopy(..., flush=True)`` joins and seals it and returns it too, as does
         :meth:`zerocopy_flush`. Cancelling neither unsends data nor releases it early.
         """
-        state = self._zc_state()
+        state = self._zc or self._zc_state()
         gen = state.generation
         if gen is None and flush:
             fut = self._loop.create_future()  # type: ignore[attr-defined]
@@ -535,12 +599,15 @@ class ZeroCopyStreamMixin:
         return gen
 
     def _zc_enqueue(self, data: Any, fut: Any, group: ZeroCopyGeneration | None) -> None:
-        from . import zcpool
+        view: memoryview | None
+        if type(data) is bytes or type(data) is bytearray:
+            target = None
+            view = memoryview(data)  # flat bytes: what as_send_buffer() would give
+        else:
+            from . import zcpool
 
-        target = zcpool.send_target(data)
-        view: memoryview | None = None
-        if target is None:
-            view = as_send_buffer(data)
+            target = zcpool.send_target(data)
+            view = as_send_buffer(data) if target is None else None
         t: Any = self
         if t._eof:
             if view is not None:
@@ -554,7 +621,7 @@ class ZeroCopyStreamMixin:
         caps = loop._caps
         assert view is not None  # from as_send_buffer() or the pool buffer
         entry = ZeroCopyWrite(t, fut, view, caps.send_zc, caps.send_zc_report_usage)
-        entry.state = self._zc_state()
+        entry.state = self._zc or self._zc_state()
         if target is not None:
             entry.pbuf = target[0]
             entry.buf_index = buf_index
@@ -572,4 +639,133 @@ class ZeroCopyStreamMixin:
         if not t._send_inflight and not t._scheduled:
             t._scheduled = True
             loop._dirty.append(t)
-        t._maybe_pause_protocol()
+        if t._buffer_size > t._high_water:
+            t._maybe_pause_protocol()
+
+    # -- gathered plain sends (PlainSendBatch) ------------------------------------------
+
+    def _zc_flush_plain(self) -> bool:
+        """Send the head of the write queue as one gathered SENDMSG when it holds
+        zero-copy writes that go out as plain sends now, with the ``write()`` data queued
+        between them. False (nothing queued) when there is no such run of two or more
+        items: the caller sends the head as before."""
+        t: Any = self
+        state = self._zc
+        budget = state.plain_budget() if state is not None else 0
+        if not budget:
+            return False
+        items = []
+        zcs = 0
+        for item in t._queue:
+            if type(item) is ZeroCopyWrite:
+                if zcs == budget:
+                    break  # this one is a SEND_ZC probe: it goes out on its own
+                zcs += 1
+            items.append(item)
+            if len(items) == IOV_MAX:
+                break
+        n = len(items)
+        if not zcs or n < 2:
+            return False
+        batch = t._zc_batch
+        if batch is None:
+            batch = t._zc_batch = PlainSendBatch()
+        block = batch.reserve(n)
+        set_iov = lib.ul_sendv_set
+        i = 0
+        for item in items:
+            if type(item) is ZeroCopyWrite:
+                off = item.offset
+                set_iov(block, i, item.cdata + off if off else item.cdata, item.nbytes - off)
+            else:
+                set_iov(block, i, item, len(item))  # bytes: kept alive by the queue
+            i += 1
+        ring = t._ring
+        ud = ring.next_ud()
+        ring.handlers[ud] = self._zc_on_sendv
+        rc = lib.ul_prep_sendv(ring.ptr, t._fd, ud, block, n)
+        if rc < 0:
+            ring.unregister(ud)
+            t._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a send")
+            return True
+        batch.items = items
+        batch.ud = ud
+        t._send_inflight = True
+        assert state is not None
+        fallback = state.take_plain(zcs)
+        for item in items:
+            if type(item) is ZeroCopyWrite:
+                item.fallback = fallback
+                item.inflight = True
+                item.sends += 1
+                item.plain_sends += 1
+        t._loop._zc_counters[3] += zcs
+        return True
+
+    def _zc_on_sendv(self, res: int, flags: int) -> None:
+        """The gathered SENDMSG completed: consume ``res`` bytes across its items."""
+        t: Any = self
+        batch = t._zc_batch
+        t._ring.unregister(batch.ud)
+        items, batch.items = batch.items, []
+        t._send_inflight = False
+        if res < 0:
+            entries = [item for item in items if type(item) is ZeroCopyWrite]
+            for entry in entries:
+                entry.inflight = False
+            # Nothing of the batch was sent: every write in it fails with this error.
+            err = OSError(-res, os.strerror(-res))
+            for entry in entries:
+                if entry.error is None:
+                    entry.error = err
+            if res == -errno.ECANCELED and t._closing:
+                t._queue_fail(ConnectionAbortedError("transport closed"))
+                t._maybe_finalize()
+            else:
+                from .transports.stream import _os_error
+
+                t._fatal_error(_os_error(res), "Fatal write error on socket transport")
+            for entry in entries:
+                entry._maybe_finish()  # done already when the queue was failed
+            return
+        t._buffer_size -= res
+        queue = t._queue
+        left = res
+        done = 0  # items sent whole: the head of the queue
+        finished = []
+        for item in items:
+            zc = type(item) is ZeroCopyWrite
+            if zc:
+                item.inflight = False
+            if not left:
+                continue  # not sent (a short send): it stays queued, in order
+            if zc:
+                rest = item.nbytes - item.offset
+                if left < rest:
+                    item.offset += left  # sent in part: the next send resumes here
+                    left = 0
+                    continue
+                item.offset = item.nbytes
+                item.sent_all = True
+                finished.append(item)
+            else:
+                rest = len(item)
+                if left < rest:
+                    queue[done] = item[left:]  # sent in part: keep the rest
+                    left = 0
+                    continue
+            left -= rest
+            done += 1
+        del queue[:done]
+        if queue and not t._aborted and t._sock is not None:
+            # Send the rest at the next flush, with what this iteration's callbacks queue
+            # (the writers the futures below wake). No later for the kernel: an SQE
+            # prepared now would wait for that same ring call to be submitted.
+            t._maybe_resume_protocol()
+            if not t._scheduled:
+                t._scheduled = True
+                t._loop._dirty.append(t)
+        else:
+            t._after_send()
+        for entry in finished:
+            entry._maybe_finish()

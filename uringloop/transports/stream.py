@@ -9,7 +9,9 @@ should go on.
 Writes: ``write()`` appends to a queue; once per loop iteration the queue is coalesced into
 one ``SEND`` (one send in flight per socket, so bytes never reorder). ``write_zerocopy``
 puts a :class:`~uringloop.zerocopy.ZeroCopyWrite` in the same queue, so ordering holds
-across both kinds of write.
+across both kinds of write. Zero-copy writes that go out as plain sends (the adaptive
+mode once it switched to copying, ``"never"``) are gathered, with the ``write()`` data
+between them, into one ``SENDMSG`` (:class:`~uringloop.zerocopy.PlainSendBatch`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
 from .._uring import lib
-from ..zerocopy import ZeroCopyStreamMixin, ZeroCopyWrite
+from ..zerocopy import PlainSendBatch, ZeroCopyStreamMixin, ZeroCopyWrite
 from ._socket_base import SocketLifecycleMixin
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ class StreamTransport(
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted", "_shut",
         "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter", "_zc",
+        "_zc_batch",
     )
 
     if TYPE_CHECKING:
@@ -129,6 +132,7 @@ class StreamTransport(
         self._send_inflight = False
         self._zc_inflight: ZeroCopyWrite | None = None
         self._zc = None  # ZeroCopyState, made on first zero-copy use
+        self._zc_batch: PlainSendBatch | None = None  # gathered plain sends of zero-copy writes
         self._scheduled = False  # in loop._dirty, waiting for the next flush
         self._eof = False  # write_eof() called
         # read side
@@ -351,6 +355,8 @@ class StreamTransport(
             return
         head = queue[0]
         if len(queue) > 1 or type(head) is not bytes:
+            if self._zc is not None and len(queue) > 1 and self._zc_flush_plain():
+                return  # zero-copy writes in plain mode: one SENDMSG for the run
             if type(head) is ZeroCopyWrite:
                 try:
                     head.submit(self._ring.ptr, self._fd)
@@ -525,12 +531,12 @@ class StreamTransport(
     def _queue_fail(self, exc: BaseException) -> None:
         """Drop queued data that was never handed to the kernel."""
         queue = self._queue
-        keep = queue[0] if (self._send_inflight and queue) else None
-        while queue:
+        keep = 0  # the items at the head that the send in flight covers stay queued
+        if self._send_inflight and queue:
+            batch = self._zc_batch
+            keep = len(batch.items) if batch is not None and batch.items else 1
+        while len(queue) > keep:
             item = queue.pop()
-            if item is keep:
-                queue.append(item)
-                break
             if type(item) is ZeroCopyWrite:
                 item.fail_unsent(exc)
         self._buffer_size = sum(
