@@ -44,12 +44,19 @@ class ZcDatagram:
 
     __slots__ = ("batch", "view", "ptr", "nbytes", "buf_index", "raw", "owned_cdata")
 
-    def __init__(self, batch: ZcDatagramBatch, view: memoryview, buf_index: int) -> None:
+    def __init__(self, batch: ZcDatagramBatch, view: memoryview, buf_index: int,
+                 ptr: Any = None) -> None:
         self.batch = batch
         self.view = view
         self.nbytes = view.nbytes
-        self.owned_cdata = ffi.from_buffer(view)
-        self.ptr = self.owned_cdata
+        if ptr is None:
+            # from_buffer keeps the buffer exported: a bytearray cannot be resized meanwhile
+            self.owned_cdata = ptr = ffi.from_buffer(view)
+        else:
+            # a pool buffer: a plain pointer into its region (``view`` keeps it mapped),
+            # cheaper than from_buffer + release per datagram
+            self.owned_cdata = None
+        self.ptr = ptr
         self.buf_index = buf_index
         self.raw: bytes | None = None
 
@@ -59,9 +66,14 @@ class ZcDatagram:
     def prep(self, ring: Any, fd: int, d: Any, raw: bytes | None, link: bool) -> int:
         batch = self.batch
         self.raw = raw  # the kernel copies the address at submission; keep it till then
-        zc, fallback = batch.state.choose()
+        state = batch.state
+        mode = state.mode
+        if state.supported and (mode == "always" or (mode == "auto" and state.active)):
+            zc, fallback = True, None  # what choose() returns here, without the call
+        else:
+            zc, fallback = state.choose()
         if zc:
-            flags = SEND_ZC_REPORT_USAGE if batch.report_usage else 0
+            flags = batch.zc_flags
             bi = self.buf_index
             if bi >= 0:
                 flags |= RECVSEND_FIXED_BUF
@@ -80,13 +92,15 @@ class ZcDatagram:
                 lib.ul_dgram_set_send(d, self.ptr, self.nbytes, raw, len(raw))
             rc = lib.ul_dgram_prep_sendmsg(ring, fd, batch.ud, d, link)
         if rc == 0:
-            batch.state.count_send(zc)
             if zc:
+                state.zc_sends += 1  # state.count_send(True)
                 batch.zc_sends += 1
+                batch.counters[0] += 1
             else:
+                state.plain_sends += 1
                 batch.plain_sends += 1
                 batch.fallback = fallback
-            batch.transport._loop._zc_counters[0 if zc else 3] += 1
+                batch.counters[3] += 1
         return rc
 
     def drop(self, exc: BaseException) -> None:
@@ -100,7 +114,8 @@ class ZcDatagramBatch:
     __slots__ = (
         "transport", "future", "ud", "items", "total", "results", "notifs_pending",
         "notifications", "copied", "zc_sends", "plain_sends", "nbytes", "error",
-        "error_index", "pbufs", "state", "report_usage", "fallback", "done",
+        "error_index", "pbufs", "state", "report_usage", "fallback", "done", "counters",
+        "zc_flags",
     )
 
     def __init__(self, transport: Any, future: Any, state: ZeroCopyState) -> None:
@@ -122,6 +137,8 @@ class ZcDatagramBatch:
         self.pbufs: list[Any] = []
         self.state = state
         self.report_usage = transport._loop._caps.send_zc_report_usage
+        self.zc_flags = SEND_ZC_REPORT_USAGE if self.report_usage else 0
+        self.counters = transport._loop._zc_counters  # the loop's stats(), shared
         self.fallback: str | None = None
         self.done = False
 
@@ -129,19 +146,26 @@ class ZcDatagramBatch:
         if flags & F_NOTIF:
             self.notifs_pending -= 1
             self.notifications += 1
+            counters = self.counters
             copied = res == NOTIF_USAGE_ZC_COPIED
             if copied:
                 self.copied += 1
-                self.transport._loop._zc_counters[2] += 1
-            self.transport._loop._zc_counters[1] += 1
+                counters[2] += 1
+            counters[1] += 1
             if self.report_usage:
                 self.state.on_notification(copied)
-            self._maybe_finish()
+            if not self.notifs_pending and self.results >= self.total:
+                self._maybe_finish()
             return
         if flags & F_MORE:
             self.notifs_pending += 1
-        exc = OSError(-res, os.strerror(-res)) if res < 0 else None
-        self._result(res, exc)
+        if res >= 0:  # _result(res, None), inlined
+            self.results += 1
+            self.nbytes += res
+            if self.results >= self.total and not self.notifs_pending:
+                self._maybe_finish()
+        else:
+            self._result(res, OSError(-res, os.strerror(-res)))
         # The transport's accounting (pops its in-flight entry, queues the next chain).
         # Non-fatal errors are reported through this batch's future, not error_received.
         self.transport._on_send(res if (res >= 0 or res == _ECANCELED or res in _FATAL) else 0,
@@ -164,7 +188,8 @@ class ZcDatagramBatch:
         self.done = True
         self.transport._ring.unregister(self.ud)
         for item in self.items:
-            ffi.release(item.owned_cdata)
+            if item.owned_cdata is not None:
+                ffi.release(item.owned_cdata)
             item.view.release()
         self.items = []
         for pb in self.pbufs:
@@ -260,12 +285,14 @@ class ZeroCopyDatagramMixin:
         items = batch.items
         for target, view in targets:
             bi = -1
+            ptr = None
             if target is not None:
                 pbuf, start, stop = target
                 view, bi = pbuf._begin_send(loop, start, stop)
+                ptr = pbuf._region.cdata + (pbuf._offset + start)
                 batch.pbufs.append(pbuf)
             assert view is not None  # each target is (pool buffer, None) or (None, view)
-            items.append(ZcDatagram(batch, view, bi))
+            items.append(ZcDatagram(batch, view, bi, ptr))
         batch.total = len(items)
         if t._conn_lost or t._sock is None or t._closing:
             exc = ConnectionResetError(errno.ECONNRESET, "transport is closing")
