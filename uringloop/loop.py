@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import selectors
 import signal
 import socket
-import weakref
 from asyncio import base_events, constants, events, sslproto
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from ._sendfile import SendfileMixin
 from ._sockops import SockOpsMixin
 from ._subprocess import SubprocessMixin
 from ._unix import UnixMixin
-from ._uring import lib
+from ._uring import ffi, lib
 from .transports.stream import StreamTransport
 from .zcpool import ZeroCopyLoopMixin
 
@@ -75,23 +75,37 @@ class _UringSelector:
 
 
 _malloc_primed = False
+_MALLOC_PRIME_BYTES = (32 << 20) - (64 << 10)
+_RAW_ALLOC = ffi.new_allocator(should_clear_after_alloc=False)
 
 
 def _prime_malloc() -> None:
     """Let glibc's malloc adapt to large buffers before the first request, not after.
 
     Received data becomes ``bytes`` of up to a receive buffer (64 KiB) and coalesced
-    writes can be larger. With glibc's start-up thresholds (128 KiB) every such burst
-    frees memory at the heap top, which glibc trims and the next request faults back in
-    (the cliff that makes the stdlib loop slow until its first connection closes).
-    Freeing one mmapped chunk raises glibc's dynamic thresholds (mmap 2 MiB, trim
-    4 MiB); no mallopt() call, so its dynamic tuning stays on.
+    writes can be larger. With glibc's start-up thresholds (mmap 128 KiB, trim 128 KiB)
+    every burst of such objects frees memory at the heap top, which glibc trims and the
+    next request faults back in (the cliff that makes the stdlib loop slow until its first
+    connection closes). Freeing one mmapped chunk just under glibc's ceiling for dynamic
+    thresholds raises them to about 32 MiB (mmap) and 64 MiB (trim); no mallopt() call,
+    so glibc's own tuning stays on. The chunk is never touched, so it costs no RSS.
+
+    The price is that up to ~64 MiB of freed heap may stay mapped instead of going back
+    to the system at once. ``URINGLOOP_MALLOC_PRIME=0`` turns this off; a number sets the
+    chunk size in bytes (larger than 32 MiB has no effect with glibc).
     """
     global _malloc_primed
-    if not _malloc_primed:
-        _malloc_primed = True
-        buf = bytearray(2 << 20)
-        del buf
+    if _malloc_primed:
+        return
+    _malloc_primed = True
+    setting = os.environ.get("URINGLOOP_MALLOC_PRIME", "")
+    try:
+        size = int(setting) if setting else _MALLOC_PRIME_BYTES
+    except ValueError:
+        size = _MALLOC_PRIME_BYTES
+    if size > 0:
+        chunk = _RAW_ALLOC("char[]", size)  # malloc() without clearing: no page is touched
+        del chunk
 
 
 class Loop(
@@ -126,7 +140,7 @@ class Loop(
         self._selector = _UringSelector(self)
         self._acceptors: dict[int, Acceptor] = {}
         #: fd -> socket transport using it (add_reader & co. refuse those fds, as asyncio)
-        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._transports: dict[int, Any] = {}  # entries leave in _call_connection_lost
         self._signal_handlers: dict[int, events.Handle] = {}
         self._zc_counters = [0, 0, 0, 0]  # sends, notifications, copied, plain fallbacks
         self._make_self_pipe()

@@ -48,15 +48,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "by design: passes a Mock(socket) whose sendto() raises BlockingIOError once; "
         "uringloop never calls sock.sendto() (one io_uring SENDMSG on the fd), and the "
         "mock's family attribute is a Mock, so the address cannot be encoded",
-    # test_buffered_proto
-    "test_buffered_proto.BufferedProtocolSelectorTests.test_buffered_proto_create_connection":
-        "completion order: uringloop dispatches io_uring completions inside select(), "
-        "ahead of the callbacks already in the ready queue, so the first buffer_updated() "
-        "runs before the create_connection() caller resumes; the test's callback uses the "
-        "transport variable that create_connection() has not yet returned (NameError). "
-        "The stdlib queues read events behind them. Queueing completions behind them "
-        "delays connection_lost() by an iteration and kept closed SSL transports alive in "
-        "test_ssl's memory-leak tests, so the immediate dispatch stays",
     # test_subprocess
     "test_subprocess.GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher":
         "by design: uringloop watches children with pidfds and ignores child watchers, so "

@@ -34,6 +34,12 @@ class SocketLifecycleMixin:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
 
+    def _forget_fd(self) -> None:
+        """Leave the loop's fd -> transport table (before the fd is closed and reused)."""
+        table = self._loop._transports  # type: ignore[attr-defined]
+        if table.get(self._fd) is self:
+            del table[self._fd]
+
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
         if self._closing:
             if waiter is not None and not waiter.cancelled():

@@ -450,6 +450,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
+            self._forget_fd()
             sock, self._sock = self._sock, None
             if sock is not None:
                 sock.close()

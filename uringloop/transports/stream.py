@@ -29,8 +29,8 @@ from asyncio import (
 )
 from typing import TYPE_CHECKING, Any
 
-from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_MORE
-from .._uring import lib
+from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_BUFFER, F_MORE
+from .._uring import ffi, lib
 from ..zerocopy import PlainSendBatch, ZeroCopyStreamMixin, ZeroCopyWrite
 from ._socket_base import SocketLifecycleMixin
 
@@ -42,6 +42,7 @@ __all__ = ["StreamTransport"]
 _ENOBUFS = -errno.ENOBUFS
 _ECANCELED = -errno.ECANCELED
 _HAS_SERVER_TRANSPORT_ARG = sys.version_info >= (3, 13)
+_LAZY_EXTRA = frozenset(("socket", "sockname", "peername"))
 
 
 def _os_error(res: int) -> OSError:
@@ -72,6 +73,7 @@ class StreamTransport(
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted", "_shut",
         "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter", "_zc",
+        "_rbuf", "_rbuf_src", "_rbuf_owner",
         "_zc_batch",
     )
 
@@ -98,16 +100,8 @@ class StreamTransport(
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         loop._transports[self._fd] = self
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        # "socket", "sockname" and "peername" are filled in on first use (get_extra_info):
+        # an idle connection then carries no extra-info objects at all.
         if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -139,7 +133,12 @@ class StreamTransport(
         self._recv_armed = False
         self._paused = False
         self._read_eof = False
-        self._stash: list[bytes] = []
+        self._stash: list[bytes] | None = None  # data held back while paused, made on demand
+        # BufferedProtocol: the protocol's buffer that a RECV in flight writes into (cdata),
+        # what get_buffer() returned, and the protocol that returned it
+        self._rbuf: Any = None
+        self._rbuf_src: Any = None
+        self._rbuf_owner: Any = None
         # life cycle
         self._closing = False
         self._conn_lost = 0
@@ -163,6 +162,23 @@ class StreamTransport(
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = self._extra
+        if name in extra:
+            return extra[name]
+        sock = self._sock
+        if sock is None or name not in _LAZY_EXTRA:
+            return default
+        if name == "socket":
+            value: Any = trsock.TransportSocket(sock)
+        else:
+            try:
+                value = sock.getsockname() if name == "sockname" else sock.getpeername()
+            except OSError:
+                value = None
+        extra[name] = value
+        return value
+
     def is_closing(self) -> bool:
         return self._closing
 
@@ -174,11 +190,73 @@ class StreamTransport(
     def _arm_recv(self) -> None:
         if self._recv_armed or self._sock is None:
             return
+        if self._buffered:
+            self._arm_recv_into()
+            return
         rc = lib.ul_prep_recv_multishot(self._ring.ptr, self._fd, self._recv_ud, BUFFER_GROUP)
         if rc < 0:
             self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a receive")
             return
         self._recv_armed = True
+
+    def _arm_recv_into(self) -> None:
+        """BufferedProtocol: one ``RECV`` straight into ``get_buffer()``'s memory.
+
+        The kernel writes into the protocol's buffer, so nothing is copied in user space
+        (a multishot receive into the shared buffer ring would need a copy). The buffer
+        stays exported until the completion. A memoryview that the protocol hands out
+        again (the usual pattern) is reused without a new export.
+        """
+        protocol: Any = self._protocol
+        try:
+            buf = protocol.get_buffer(-1)
+            if buf is not self._rbuf_src or protocol is not self._rbuf_owner:
+                view = memoryview(buf).cast("B")
+                if not len(view):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                self._rbuf = ffi.from_buffer(view, require_writable=True)
+                self._rbuf_src = buf
+                self._rbuf_owner = protocol
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return
+        rbuf = self._rbuf
+        rc = lib.ul_prep_recv(self._ring.ptr, self._fd, self._recv_ud, rbuf, len(rbuf), 0)
+        if rc < 0:
+            self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a receive")
+            return
+        self._recv_armed = True
+
+    def _on_recv_into(self, n: int) -> None:
+        """A ``RECV`` into the protocol's buffer completed with ``n`` bytes."""
+        self._recv_armed = False
+        rbuf, owner = self._rbuf, self._rbuf_owner
+        if type(self._rbuf_src) is not memoryview:
+            # not reused: let the protocol resize or free its object again
+            self._rbuf = self._rbuf_src = self._rbuf_owner = None
+        if self._closing:
+            pass  # closing: incoming data is dropped, as asyncio does
+        elif self._paused or self._stash or self._protocol is not owner:
+            # A pause raced the receive, or the protocol changed: deliver a copy, in order.
+            self._hold(ffi.buffer(rbuf, n)[:])
+            if not self._paused:
+                self._loop.call_soon(self._deliver_stash)
+            return
+        else:
+            try:
+                self._protocol.buffer_updated(n)  # the owner of the buffer
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            if not self._paused and not self._closing:
+                self._arm_recv()
+                return
+        if self._closing:
+            self._maybe_finalize()
 
     def _cancel_recv(self) -> None:
         if self._recv_armed:
@@ -199,6 +277,9 @@ class StreamTransport(
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             return
+        if res > 0 and not flags & F_BUFFER:
+            self._on_recv_into(res)  # a RECV into a BufferedProtocol's buffer
+            return
         if not flags & F_MORE:
             self._recv_armed = False
         if res > 0:
@@ -207,8 +288,7 @@ class StreamTransport(
                 pass  # closing: incoming data is dropped, as asyncio does
             elif self._paused or self._stash:
                 # Paused, or stashed data still waits for delivery: keep the byte order.
-                self._stash.append(self._pbuf[off : off + res].tobytes())
-                self._direct = False
+                self._hold(self._pbuf[off : off + res].tobytes())
             elif self._buffered:
                 self._feed_buffered(off, res)
             else:
@@ -255,13 +335,19 @@ class StreamTransport(
             off += m
             n -= m
 
+    def _hold(self, data: bytes) -> None:
+        """Keep received data (``b""`` for EOF) for delivery on resume, in order."""
+        if self._stash is None:
+            self._stash = []
+        self._stash.append(data)
+        self._direct = False
+
     def _on_eof(self) -> None:
         self._read_eof = True
         if self._closing:
             return
         if self._paused or self._stash:
-            self._stash.append(b"")
-            self._direct = False  # delivered after the stashed data on resume
+            self._hold(b"")  # EOF, delivered after the held data on resume
             return
         self._deliver_eof()
 
@@ -580,10 +666,14 @@ class StreamTransport(
                 # typeshed has Exception | None; asyncio passes BaseExceptions too
                 self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
+            self._forget_fd()
+            for name in _LAZY_EXTRA:  # still answered after close, as asyncio does
+                self.get_extra_info(name)
             sock, self._sock = self._sock, None
             if sock is not None:
                 sock.close()
             self._protocol = None  # type: ignore[assignment]
+            self._rbuf = self._rbuf_src = self._rbuf_owner = None
             server, self._server = self._server, None
             if server is not None:
                 if _HAS_SERVER_TRANSPORT_ARG:
