@@ -35,6 +35,9 @@ from .zerocopy import (
 __all__ = ["ZcDatagram", "ZcDatagramBatch", "ZeroCopyDatagramMixin"]
 
 _ECANCELED = -errno.ECANCELED
+# uringloop.transports.datagram, imported on first use: it imports this module, and an
+# import statement in the hot path costs about 1 us per call even once imported.
+_dgram: Any = None
 _FATAL = frozenset(-e for e in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTSUPP,
                                 errno.EFAULT))
 
@@ -256,9 +259,13 @@ class ZeroCopyDatagramMixin:
         """Send each buffer as one datagram to ``addr``, in order, with one future for all:
         it resolves once every buffer is released (result totals over the batch) or
         raises the error of the earliest failed datagram, after all are released."""
+        global _dgram
         t: Any = self
-        from .transports.datagram import _HEADER_SIZE, encode_address
+        dg = _dgram
+        if dg is None:
+            from .transports import datagram as dg
 
+            _dgram = dg
         loop = t._loop
         fut = loop.create_future()
         if t._address:
@@ -267,7 +274,7 @@ class ZeroCopyDatagramMixin:
             addr = t._address
         raw: bytes | None = None
         if not t._extra["peername"]:
-            raw = encode_address(t._family, addr)
+            raw = dg.encode_address(t._family, addr)
         # validate everything before taking any pool buffer
         targets: list[tuple[tuple[zcpool.ZeroCopyBuffer, int, int] | None, memoryview | None]] = []
         for data in buffers:
@@ -304,10 +311,11 @@ class ZeroCopyDatagramMixin:
             batch._maybe_finish()
             return fut
         queue = t._queue
+        header = dg._HEADER_SIZE
         size = 0
         for item in items:
             queue.append((item, raw))
-            size += item.nbytes + _HEADER_SIZE
+            size += item.nbytes + header
         t._buffer_size += size
         if not t._inflight and not t._scheduled:
             t._scheduled = True
