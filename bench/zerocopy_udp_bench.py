@@ -269,7 +269,10 @@ async def send_zc(tr: Any, loop: Any, data: bytes, clock: Clock, window: int,
         while len(pending) > max_pending:
             fut = pending.popleft()
             if not fut.done():
-                await asyncio.wait((fut,))
+                try:
+                    await fut
+                except OSError:
+                    pass  # counted by tally.add
             tally.add(fut)
     for fut in pending:
         if not fut.done():
