@@ -226,6 +226,62 @@ async def test_echo_many_small_writes_in_order():
     await close_server(server)
 
 
+async def test_large_writes_in_one_iteration_short_sends_keep_order(fd_guard):
+    """Writes queued in one iteration adding up to more than 32 KiB go out gathered
+    (one SENDMSG over their buffers); with a tiny send buffer and a slow reader most
+    sends come back short, yet every byte arrives once and in order."""
+    loop = asyncio.get_running_loop()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    tr, proto = await loop.create_connection(lambda: Collector(loop), *lsock.getsockname())
+    peer, _ = lsock.accept()
+    lsock.close()
+    tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rng = random.Random(7)
+    chunks = [rand_bytes(rng.randint(1, 9000), i) for i in range(400)]
+    for rnd in range(3):
+        for c in chunks[rnd::3]:
+            tr.write(c)  # one iteration: gathered
+        await asyncio.sleep(0)
+    want = b"".join(b"".join(chunks[rnd::3]) for rnd in range(3))
+    peer.setblocking(False)
+    got = bytearray()
+    deadline = loop.time() + T
+    while len(got) < len(want) and loop.time() < deadline:
+        try:
+            got += peer.recv(3000)  # small reads: the sender sees short sends
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    assert bytes(got) == want
+    for _ in range(500):
+        if not tr.get_write_buffer_size():
+            break
+        await asyncio.sleep(0.01)
+    assert tr.get_write_buffer_size() == 0
+    peer.close()
+    tr.close()
+    await asyncio.wait_for(proto.lost, T)
+
+
+async def test_abort_during_gathered_send(fd_guard):
+    """abort() while a gathered send is in flight: connection_lost once, nothing hangs."""
+    loop = asyncio.get_running_loop()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    tr, proto = await loop.create_connection(lambda: Collector(loop), *lsock.getsockname())
+    peer, _ = lsock.accept()
+    lsock.close()
+    for i in range(64):
+        tr.write(rand_bytes(64 * 1024, i))  # 4 MiB: more than the socket buffers take
+    await asyncio.sleep(0.02)  # the gathered send is in flight, blocked on the peer
+    tr.abort()
+    assert await asyncio.wait_for(proto.lost, T) is None
+    assert len(proto.lost_calls) == 1
+    peer.close()
+
+
 async def test_write_copies_caller_buffer():
     """write(bytearray) must snapshot the data; mutating it afterwards changes nothing."""
     server, _ = await start_echo_server()

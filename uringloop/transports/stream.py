@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_BUFFER, F_MORE
 from .._uring import ffi, lib
-from ..zerocopy import PlainSendBatch, ZeroCopyStreamMixin, ZeroCopyWrite
+from ..zerocopy import IOV_MAX, PlainSendBatch, ZeroCopyStreamMixin, ZeroCopyWrite
 from ._socket_base import SocketLifecycleMixin
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ _ENOBUFS = -errno.ENOBUFS
 _ECANCELED = -errno.ECANCELED
 _HAS_SERVER_TRANSPORT_ARG = sys.version_info >= (3, 13)
 _LAZY_EXTRA = frozenset(("socket", "sockname", "peername"))
+#: Queued writes adding up to this many bytes go out as one SENDMSG over their own
+#: buffers instead of being joined first (a join of large data is a full extra copy).
+_GATHER_MIN = 32 * 1024
 
 
 def _os_error(res: int) -> OSError:
@@ -73,7 +76,7 @@ class StreamTransport(
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted", "_shut",
         "_protocol", "_buffered", "_protocol_connected", "_direct", "_empty_waiter", "_zc",
-        "_rbuf", "_rbuf_src", "_rbuf_owner",
+        "_rbuf", "_rbuf_src", "_rbuf_owner", "_send_n",
         "_zc_batch",
     )
 
@@ -123,6 +126,7 @@ class StreamTransport(
         self._queue: list[Any] = []  # bytes chunks and ZeroCopyWrite entries, in order
         self._buffer_size = 0  # bytes written but not yet confirmed sent
         self._send_len = 0
+        self._send_n = 1  # queue items that the plain send in flight covers
         self._send_inflight = False
         self._zc_inflight: ZeroCopyWrite | None = None
         self._zc = None  # ZeroCopyState, made on first zero-copy use
@@ -456,6 +460,15 @@ class StreamTransport(
             while end < len(queue) and type(queue[end]) is not ZeroCopyWrite:
                 end += 1
             if end > 1:  # coalesce this iteration's writes into one send
+                total = 0
+                for i in range(end):
+                    total += len(queue[i])
+                if total >= _GATHER_MIN:
+                    if end > IOV_MAX:
+                        end = IOV_MAX
+                        total = sum(len(queue[i]) for i in range(end))
+                    self._flush_gathered(end, total)
+                    return
                 head = b"".join(queue[:end])
                 queue[:end] = [head]
         # The bytes object stays at the head of the queue until the send's CQE.
@@ -466,13 +479,53 @@ class StreamTransport(
             return
         self._send_inflight = True
 
+    def _flush_gathered(self, n: int, total: int) -> None:
+        """Send the first ``n`` queued bytes chunks with one SENDMSG, without joining.
+
+        The chunks stay at the head of the queue (alive) until the completion.
+        """
+        batch = self._zc_batch
+        if batch is None:
+            batch = self._zc_batch = PlainSendBatch()
+        block = batch.reserve(n)
+        queue = self._queue
+        set_iov = lib.ul_sendv_set
+        for i in range(n):
+            chunk = queue[i]
+            set_iov(block, i, chunk, len(chunk))
+        batch.items = queue[:n]  # _queue_fail keeps these: the kernel reads them
+        rc = lib.ul_prep_sendv(self._ring.ptr, self._fd, self._send_ud, block, n)
+        if rc < 0:
+            batch.items = []
+            self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a send")
+            return
+        self._send_len = total
+        self._send_n = n
+        self._send_inflight = True
+
+    def _sent_gathered(self, res: int) -> None:
+        """Drop what a gathered send sent from the queue; cut a chunk sent in part."""
+        n, self._send_n = self._send_n, 1
+        self._zc_batch.items = []  # type: ignore[union-attr]
+        queue = self._queue
+        done = 0
+        while done < n and res >= len(queue[done]):
+            res -= len(queue[done])
+            done += 1
+        del queue[:done]
+        if res:
+            queue[0] = memoryview(queue[0])[res:].tobytes()
+
     def _on_send(self, res: int, flags: int) -> None:
         self._send_inflight = False
         if res == self._send_len and not self._aborted:
             # The common case: everything sent.
             self._buffer_size -= res
             queue = self._queue
-            del queue[0]
+            if self._send_n == 1:
+                del queue[0]
+            else:
+                self._sent_gathered(res)
             if self._protocol_paused:
                 self._maybe_resume_protocol()
             if queue:
@@ -481,13 +534,20 @@ class StreamTransport(
                 self._after_send()
             return
         if res < 0:
+            if self._send_n != 1:
+                self._send_n = 1
+                self._zc_batch.items = []  # type: ignore[union-attr]
             if res == _ECANCELED and self._closing:
+                if self._aborted:  # the kernel let go of the data: drop it, unsent
+                    self._queue_fail(self._lost_exc or ConnectionAbortedError("transport aborted"))
                 self._maybe_finalize()
                 return
             self._fatal_error(_os_error(res), "Fatal write error on socket transport")
             return
         self._buffer_size -= res
-        if res == self._send_len:
+        if self._send_n != 1:
+            self._sent_gathered(res)
+        elif res == self._send_len:
             del self._queue[0]
         else:
             # Short send: keep the rest at the head of the queue, in order.
