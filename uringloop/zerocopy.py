@@ -30,6 +30,9 @@ __all__ = [
 SEND_ZC_REPORT_USAGE = 1 << 3
 RECVSEND_FIXED_BUF = 1 << 2
 IOV_MAX = 1024  # UIO_MAXIOV: the most iovecs one SENDMSG takes
+# A gathered plain send stops adding writes once it holds this many bytes: on loopback
+# a larger send is slower per byte (its data has left the cache when the peer reads).
+GATHER_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -493,7 +496,8 @@ class PlainSendBatch:
     (adaptive copy mode, ``"never"``, no SEND_ZC), the run of them at the head of the
     queue, with the ``write()`` data queued between them, is sent in order by one
     ``SENDMSG`` whose iovecs point into the writes' own buffers, the way ``write()``
-    coalesces its data into one ``SEND``. Each write's future resolves once the bytes
+    coalesces its data into one ``SEND``, up to :data:`GATHER_BYTES` a send (the write
+    that reaches it is the last one added). Each write's future resolves once the bytes
     covering it were sent: a plain send's completion means the kernel copied them.
     The run stays at the head of the queue, every buffer referenced and still exported,
     until that completion; a short send leaves the rest there (an entry keeps its byte
@@ -655,14 +659,17 @@ class ZeroCopyStreamMixin:
         if not budget:
             return False
         items = []
-        zcs = 0
+        zcs = nbytes = 0
         for item in t._queue:
             if type(item) is ZeroCopyWrite:
                 if zcs == budget:
                     break  # this one is a SEND_ZC probe: it goes out on its own
                 zcs += 1
+                nbytes += item.nbytes - item.offset
+            else:
+                nbytes += len(item)
             items.append(item)
-            if len(items) == IOV_MAX:
+            if nbytes >= GATHER_BYTES or len(items) == IOV_MAX:
                 break
         n = len(items)
         if not zcs or n < 2:
