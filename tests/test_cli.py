@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 
 def test_info_reports_usable_ring():
@@ -14,6 +17,24 @@ def test_info_reports_usable_ring():
     assert out.returncode == 0, out.stderr
     assert "io_uring: usable" in out.stdout
     assert "SEND_ZC" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("fake", "says"),
+    [
+        ("EPERM", "io_uring_setup failed with EPERM"),
+        ("pbuf:EINVAL", "IORING_REGISTER_PBUF_RING) failed with EINVAL"),
+        ("recv_multishot:EINVAL", "IORING_RECV_MULTISHOT) failed with EINVAL"),
+    ],
+)
+def test_info_reports_unusable_io_uring(fake, says):
+    """``info`` says NOT usable whenever a loop could not be created, whichever step fails."""
+    env = dict(os.environ, URINGLOOP_FAKE_SETUP_ERRNO=fake)
+    out = subprocess.run([sys.executable, "-m", "uringloop", "info"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 1, out.stderr
+    assert "io_uring: NOT usable" in out.stdout and says in out.stdout
+    assert "Linux 6.0 or newer" in out.stdout or fake == "EPERM"
 
 
 def test_unknown_command_fails():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import signal
 import socket
 import threading
@@ -14,8 +15,8 @@ import pytest
 from uringloop._uring import ffi
 
 import uringloop
-from uringloop import UnsupportedError, _ring
-from uringloop.errors import unsupported_from_errno
+from uringloop import UnsupportedError, _caps, _ring, errors
+from uringloop.errors import MIN_KERNEL, unsupported_from_errno
 
 # -- UnsupportedError ------------------------------------------------------------------
 
@@ -48,8 +49,23 @@ def test_unsupported_error_enosys_message():
     assert "ENOSYS" in msg
     assert "CONFIG_IO_URING" in msg  # cause: kernel built without io_uring
     assert "seccomp" in msg  # cause: container profile
-    assert "5.19" in msg  # remedy: kernel version
+    assert "Linux 6.0 or newer" in msg  # remedy: kernel version
     assert "io_uring_setup" in msg
+
+
+def test_unsupported_messages_name_one_minimum_kernel():
+    """Every "run on Linux X or newer" names the one minimum the loop needs (multishot
+    receive: 6.0), whichever step failed."""
+    assert MIN_KERNEL == "6.0"
+    steps = (errors.SETUP, errors.PBUF_RING, errors.RECV_MULTISHOT)
+    named = set()
+    for step in steps:
+        for err in (errno.ENOSYS, errno.EPERM, errno.ENOMEM, errno.EINVAL):
+            named.update(re.findall(r"Linux (\d+\.\d+) or newer",
+                                    str(unsupported_from_errno(err, step))))
+    assert named == {MIN_KERNEL}
+    for step in steps:  # the step that failed is named
+        assert step in str(unsupported_from_errno(errno.EINVAL, step))
 
 
 @pytest.mark.parametrize("err", [errno.ENOMEM, errno.EINVAL, errno.EIO, 9999])
@@ -103,6 +119,59 @@ def test_new_event_loop_raises_unsupported_when_setup_fails(monkeypatch, fd_guar
     import gc
 
     gc.collect()  # a half-built loop must not blow up when collected
+
+
+@pytest.mark.parametrize("value", ["pbuf:EINVAL", "PBUF:22", "pbuf:EPERM"])
+def test_buffer_ring_failure_is_unsupported(monkeypatch, fd_guard, value):
+    """The ring is created but its provided-buffer ring cannot be registered (kernel
+    before 5.19, seccomp): UnsupportedError, so fallback=True falls back, and the ring
+    is not leaked."""
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", value)
+    with pytest.raises(UnsupportedError) as ei:
+        uringloop.Loop()
+    assert "IORING_REGISTER_PBUF_RING" in str(ei.value)
+    assert ei.value.errno in (errno.EINVAL, errno.EPERM)
+    with pytest.warns(RuntimeWarning, match="IORING_REGISTER_PBUF_RING"):
+        loop = uringloop.new_event_loop(fallback=True)
+    assert not isinstance(loop, uringloop.Loop)
+    loop.close()
+    import gc
+
+    gc.collect()
+
+
+def test_buffer_ring_out_of_memory_is_not_unsupported(monkeypatch, fd_guard):
+    """ENOMEM for the receive-buffer area is a memory shortage, not io_uring missing."""
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", "pbuf:ENOMEM")
+    with pytest.raises(OSError) as ei:
+        uringloop.Loop()
+    assert type(ei.value) is OSError and ei.value.errno == errno.ENOMEM
+
+
+def test_no_multishot_receive_is_unsupported(monkeypatch, fd_guard):
+    """A kernel without multishot receive (before 6.0) cannot serve the loop's wake-up
+    socket: UnsupportedError when the loop is created, not a loop that spins later."""
+    monkeypatch.setattr(_caps, "_cached", None)  # probe again (restored afterwards)
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", "recv_multishot:EINVAL")
+    with pytest.raises(UnsupportedError) as ei:
+        uringloop.Loop()
+    assert ei.value.errno == errno.EINVAL
+    assert "IORING_RECV_MULTISHOT" in str(ei.value) and "Linux 6.0 or newer" in str(ei.value)
+    assert _caps._cached is None  # a failed probe is not cached
+    monkeypatch.delenv("URINGLOOP_FAKE_SETUP_ERRNO")
+    assert _caps.capabilities().recv_multishot  # this kernel has it (the real probe)
+
+
+def test_fake_hook_steps(monkeypatch):
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", "pbuf:EINVAL")
+    assert errors.fake_errno(errors.PBUF_RING) == errno.EINVAL
+    assert errors.fake_setup_errno() == 0 and errors.fake_errno(errors.RECV_MULTISHOT) == 0
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", "eperm")
+    assert errors.fake_setup_errno() == errno.EPERM
+    assert errors.fake_errno(errors.PBUF_RING) == 0
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", "nope:EPERM")
+    with pytest.raises(ValueError, match="unknown step"):
+        errors.fake_setup_errno()
 
 
 def test_closed_ring_rejects_use():

@@ -3,7 +3,8 @@
 io_uring_setup failing is simulated in a child process with the documented test hook
 ``URINGLOOP_FAKE_SETUP_ERRNO`` (read by every ring creation), for EPERM (sysctl
 ``kernel.io_uring_disabled``, Docker's seccomp profile) and ENOSYS (no io_uring in the
-kernel, podman/CRI-O seccomp).
+kernel, podman/CRI-O seccomp); its ``pbuf:`` and ``recv_multishot:`` forms fail the later
+steps of creating a loop as kernels before 5.19 and 6.0 would.
 """
 
 from __future__ import annotations
@@ -76,21 +77,28 @@ def _run_child(fake: str | None) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "errno_value", "cause", "remedy"),
+    ("name", "errno_value", "step", "cause", "remedy"),
     [
-        ("EPERM", 1, "io_uring_disabled", "sysctl kernel.io_uring_disabled=0"),
-        ("ENOSYS", 38, "CONFIG_IO_URING", "seccomp profile"),
-        ("38", 38, "without CONFIG_IO_URING", "Linux 5.19 or newer"),
+        ("EPERM", 1, "io_uring_setup", "io_uring_disabled", "sysctl kernel.io_uring_disabled=0"),
+        ("ENOSYS", 38, "io_uring_setup", "CONFIG_IO_URING", "seccomp profile"),
+        ("38", 38, "io_uring_setup", "without CONFIG_IO_URING", "Linux 6.0 or newer"),
+        # the ring is created, but registering its provided-buffer ring fails (< 5.19)
+        ("pbuf:EINVAL", 22, "IORING_REGISTER_PBUF_RING", "no provided-buffer rings",
+         "Linux 6.0 or newer"),
+        ("pbuf:EPERM", 1, "IORING_REGISTER_PBUF_RING", "seccomp", "io_uring_register"),
+        # the ring works, but multishot receive, which the loop's wake-up socket needs (< 6.0)
+        ("recv_multishot:EINVAL", 22, "IORING_RECV_MULTISHOT", "no multishot receive",
+         "Linux 6.0 or newer"),
     ],
 )
-def test_unavailable_error_and_fallback(name: str, errno_value: int, cause: str,
+def test_unavailable_error_and_fallback(name: str, errno_value: int, step: str, cause: str,
                                         remedy: str) -> None:
     out = _run_child(name)
     strict = out["strict"]
     assert strict["errno"] == errno_value and strict["is_oserror"]
     msg = strict["message"]
-    errname = {1: "EPERM", 38: "ENOSYS"}[errno_value]
-    assert f"io_uring_setup failed with {errname}" in msg  # the errno ...
+    errname = {1: "EPERM", 22: "EINVAL", 38: "ENOSYS"}[errno_value]
+    assert step in msg and f"failed with {errname}" in msg  # the step and errno ...
     assert "Likely cause:" in msg and cause in msg  # ... the cause ...
     assert "Remedy:" in msg and remedy in msg  # ... and the remedy
     assert out["run_strict"] == errno_value
@@ -118,8 +126,9 @@ def test_available_fallback_is_a_no_op() -> None:
     assert out["install_warnings"] == []
 
 
-def test_bad_hook_value_is_an_error() -> None:
-    env = dict(os.environ, URINGLOOP_FAKE_SETUP_ERRNO="NOT_AN_ERRNO")
+@pytest.mark.parametrize("value", ["NOT_AN_ERRNO", "pbuf:NOT_AN_ERRNO", "bogus:EINVAL"])
+def test_bad_hook_value_is_an_error(value: str) -> None:
+    env = dict(os.environ, URINGLOOP_FAKE_SETUP_ERRNO=value)
     proc = subprocess.run(
         [sys.executable, "-c", "import uringloop; uringloop.new_event_loop()"],
         env=env, capture_output=True, text=True, timeout=60,

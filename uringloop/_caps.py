@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ FEATURE_NAMES = [
 ]
 _SEND_ZC, _SENDMSG_ZC = 47, 48
 _REPORT_USAGE = 1 << 3
+_TRIAL_UD = 2  # the multishot receive trial (the zero-copy trial uses 1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class Capabilities:
     send_zc: bool
     sendmsg_zc: bool
     send_zc_report_usage: bool
+    #: multishot receive (Linux 6.0), which every loop needs: probed, not inferred
+    recv_multishot: bool = True
 
 
 _cached: Capabilities | None = None
@@ -71,12 +75,44 @@ def _trial_report_usage(ring: Any) -> bool:
         b.close()
 
 
+def _trial_recv_multishot(ring: Any) -> int:
+    """Queue a multishot receive on an idle socket: 0 if the kernel takes it, else the
+    errno (EINVAL before Linux 6.0, which knows no ``IORING_RECV_MULTISHOT``).
+
+    This ring has no provided buffers, so a kernel that takes the request answers it at
+    once with ENOBUFS (or leaves it armed until the ring is destroyed): no waiting.
+    """
+    a, b = socket.socketpair()
+    try:
+        rc = lib.ul_prep_recv_multishot(ring, a.fileno(), _TRIAL_UD, 0)
+        if rc < 0:
+            return int(-rc)
+        ud = ffi.new("uint64_t[4]")
+        res = ffi.new("int32_t[4]")
+        flags = ffi.new("uint32_t[4]")
+        n = lib.ul_run(ring, 0, 0, ud, res, flags, 4)
+        if n < 0:
+            return int(-n)
+        for i in range(n):
+            if ud[i] == _TRIAL_UD and res[i] == -errno.EINVAL:
+                return errno.EINVAL
+        return 0
+    finally:
+        a.close()
+        b.close()
+
+
 def capabilities(ring: Ring | None = None) -> Capabilities:
-    """Probe once per process (a throwaway ring), then answer from the cache."""
+    """Probe once per process (a throwaway ring), then answer from the cache.
+
+    Raises :class:`~uringloop.errors.UnsupportedError` (and caches nothing) when this
+    process cannot run a loop: ``io_uring_setup`` fails, or the kernel has no multishot
+    receive.
+    """
     global _cached
     if _cached is not None:
         return _cached
-    from .errors import fake_setup_errno, unsupported_from_errno
+    from .errors import RECV_MULTISHOT, fake_errno, fake_setup_errno, unsupported_from_errno
 
     if fake_setup_errno():  # test hook: io_uring_setup "fails"
         raise unsupported_from_errno(fake_setup_errno())
@@ -89,8 +125,12 @@ def capabilities(ring: Ring | None = None) -> Capabilities:
         lib.ul_probe_ops(ptr, sup, 256)
         ops = frozenset(i for i in range(256) if sup[i])
         usage = _SEND_ZC in ops and _trial_report_usage(ptr)
+        # test hook: the probe "fails" as on a kernel without multishot receive
+        recv_err = fake_errno(RECV_MULTISHOT) or _trial_recv_multishot(ptr)
     finally:
         lib.ul_ring_destroy(ptr)
+    if recv_err:
+        raise unsupported_from_errno(recv_err, RECV_MULTISHOT)
     _cached = Capabilities(ops, _SEND_ZC in ops, _SENDMSG_ZC in ops, usage)
     return _cached
 
@@ -112,5 +152,5 @@ def features() -> dict[str, Any]:
         "send_zc": caps.send_zc,
         "sendmsg_zc": caps.sendmsg_zc,
         "send_zc_report_usage": caps.send_zc_report_usage,
-        "recv_multishot": caps.send_zc,  # both arrived in Linux 6.0
+        "recv_multishot": caps.recv_multishot,  # probed (a loop cannot run without it)
     }

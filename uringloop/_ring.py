@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._uring import ffi, lib
-from .errors import fake_setup_errno, unsupported_from_errno
+from .errors import PBUF_RING, fake_errno, fake_setup_errno, unsupported_from_errno
 
 __all__ = ["Ring", "Handler"]
 
@@ -77,10 +77,19 @@ class Ring:
         self._ptr: Any = ptr
         self.closed = False
         self.forked = False
-        rc = lib.ul_pbuf_init(ptr, BUFFER_GROUP, recv_buffers, recv_buffer_size)
+        rc = -fake_errno(PBUF_RING)  # test hook: the registration "fails"
+        if not rc:
+            rc = lib.ul_pbuf_init(ptr, BUFFER_GROUP, recv_buffers, recv_buffer_size)
         if rc < 0:
             lib.ul_ring_destroy(ptr)
-            raise OSError(-rc, f"cannot register the receive buffer ring: {os.strerror(-rc)}")
+            if rc == -errno.ENOMEM:  # the buffer area itself: memory, not io_uring
+                raise OSError(
+                    errno.ENOMEM,
+                    f"cannot allocate the receive buffer ring ({recv_buffers} x "
+                    f"{recv_buffer_size} bytes): {os.strerror(errno.ENOMEM)}",
+                )
+            # EINVAL: no provided-buffer rings (before 5.19); EPERM/ENOSYS: seccomp
+            raise unsupported_from_errno(-rc, PBUF_RING)
         self.recv_buffer_size = recv_buffer_size
         self.recv_buffers = recv_buffers
         base = lib.ul_pbuf_base(ptr)

@@ -129,13 +129,15 @@ class Loop(
         super().__init__()
         _prime_malloc()
         try:
+            # UnsupportedError if this process cannot run a loop: io_uring_setup fails, no
+            # multishot receive (probed once per process), no provided-buffer ring
+            self._caps = _caps.capabilities()
             self._ring = Ring(entries=ring_entries, cq_entries=cq_entries,
                               recv_buffers=recv_buffers, recv_buffer_size=recv_buffer_size)
         except BaseException:
             self._closed = True  # half-built: BaseEventLoop.__del__ must not call close()
             raise
         self._ring.on_error = self._on_handler_error
-        self._caps = _caps.capabilities(self._ring)
         self._dirty: list[StreamTransport | DatagramTransport] = []
         self._selector = _UringSelector(self)
         self._acceptors: dict[int, Acceptor] = {}

@@ -64,10 +64,8 @@ def install(*, fallback: bool = False) -> None:
     naming the reason) and installs a policy whose loops are stdlib loops.
     """
     if fallback:
-        from . import _caps
-
-        try:
-            _caps.capabilities()  # one throwaway ring: can this process use io_uring?
+        try:  # the probe: a real loop, so it needs exactly what the policy's loops need
+            Loop().close()
         except UnsupportedError as exc:
             _warn_fallback(exc, 2)
     asyncio.set_event_loop_policy(EventLoopPolicy(fallback=fallback))
