@@ -291,6 +291,61 @@ def test_new_event_loop_is_a_uringloop():
         loop.close()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ring_entries": 16385}, r"ring_entries must be a power of two from 1 to 32768"),
+        ({"ring_entries": 0}, r"ring_entries must be a power of two from 1 to 32768, got 0"),
+        ({"ring_entries": 1000}, r"ring_entries must be a power of two"),
+        ({"ring_entries": -1}, r"ring_entries must be a power of two"),
+        ({"ring_entries": 65536, "cq_entries": 65536}, r"ring_entries .* to 32768"),
+        ({"cq_entries": 1024}, r"cq_entries must be a power of two from ring_entries \(4096\) "
+                               r"to 65536, got 1024"),
+        ({"ring_entries": 8, "cq_entries": 4}, r"from ring_entries \(8\) to 65536"),
+        ({"cq_entries": 100000}, r"cq_entries must be a power of two"),
+        ({"cq_entries": 0}, r"cq_entries must be a power of two"),
+        ({"recv_buffers": 0}, r"recv_buffers must be a power of two from 1 to 32768"),
+        ({"recv_buffers": 3}, r"recv_buffers must be a power of two"),
+        ({"recv_buffers": 65536}, r"recv_buffers must be a power of two from 1 to 32768"),
+        ({"recv_buffer_size": 0}, r"recv_buffer_size must be from 1 to 2147483647, got 0"),
+        ({"recv_buffer_size": -5}, r"recv_buffer_size must be from 1 to 2147483647"),
+        ({"recv_buffer_size": 1 << 31}, r"recv_buffer_size must be from 1 to 2147483647"),
+    ],
+)
+def test_loop_rejects_bad_sizes_with_value_error(kwargs, match, fd_guard):
+    """Sizes out of range are the caller's mistake, not io_uring missing: ValueError with
+    the allowed range (UnsupportedError would make fallback=True hide the bug)."""
+    with pytest.raises(ValueError, match=match) as ei:
+        uringloop.Loop(**kwargs)
+    assert not isinstance(ei.value, OSError)
+    import gc
+
+    gc.collect()  # the half-built loop is collected quietly
+
+
+def test_loop_rejects_non_int_sizes():
+    with pytest.raises(TypeError, match="ring_entries must be an int, not float"):
+        uringloop.Loop(ring_entries=4096.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="recv_buffer_size must be an int, not str"):
+        uringloop.Loop(recv_buffer_size="64k")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ring_entries": 1, "cq_entries": 1, "recv_buffers": 1, "recv_buffer_size": 1},
+        {"ring_entries": 32768, "cq_entries": 65536, "recv_buffers": 32768,
+         "recv_buffer_size": 4096},
+    ],
+)
+def test_loop_accepts_sizes_at_the_limits(kwargs):
+    loop = uringloop.Loop(**kwargs)
+    try:
+        assert loop.run_until_complete(asyncio.sleep(0.001, "ok")) == "ok"
+    finally:
+        loop.close()
+
+
 def test_closed_loop_raises(make_loop):
     loop = make_loop()
     loop.close()

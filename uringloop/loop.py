@@ -129,6 +129,23 @@ class Loop(
         super().__init__()
         _prime_malloc()
         try:
+            # Sizes first: the kernel's own EINVAL for them would read as io_uring missing.
+            for name, value, low, high in (
+                ("ring_entries", ring_entries, 1, 32768),  # IORING_MAX_ENTRIES
+                ("cq_entries", cq_entries, ring_entries, 65536),  # IORING_MAX_CQ_ENTRIES
+                ("recv_buffers", recv_buffers, 1, 32768),  # provided-buffer ring limit
+                ("recv_buffer_size", recv_buffer_size, 1, (1 << 31) - 1),  # int32 result
+            ):
+                if not isinstance(value, int):
+                    raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+                if name == "recv_buffer_size":
+                    if not low <= value <= high:
+                        raise ValueError(f"{name} must be from {low} to {high}, got {value}")
+                elif not low <= value <= high or value & (value - 1):
+                    at_least = f"ring_entries ({low})" if name == "cq_entries" else low
+                    raise ValueError(
+                        f"{name} must be a power of two from {at_least} to {high}, got {value}"
+                    )
             # UnsupportedError if this process cannot run a loop: io_uring_setup fails, no
             # multishot receive (probed once per process), no provided-buffer ring
             self._caps = _caps.capabilities()
