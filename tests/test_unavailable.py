@@ -9,6 +9,7 @@ steps of creating a loop as kernels before 5.19 and 6.0 would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ import sys
 import textwrap
 
 import pytest
+
+import uringloop
 
 CHILD = textwrap.dedent(
     """
@@ -25,6 +28,9 @@ CHILD = textwrap.dedent(
 
     async def which():
         return type(asyncio.get_running_loop()).__module__
+
+    def report(caught):
+        return [(w.category.__name__, str(w.message), w.filename) for w in caught]
 
     try:
         uringloop.new_event_loop()
@@ -49,17 +55,24 @@ CHILD = textwrap.dedent(
         out["fallback_loop"] = type(loop).__module__
         out["fallback_works"] = loop.run_until_complete(asyncio.sleep(0, "ok"))
         loop.close()
-        out["new_event_loop_warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+        out["new_event_loop_warnings"] = report(caught)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out["run_fallback"] = uringloop.run(which(), fallback=True)
-        out["run_warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+        out["run_warnings"] = report(caught)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         uringloop.install(fallback=True)
         out["install_fallback"] = asyncio.run(which())
         out["install_fallback_2"] = asyncio.run(which())
-        out["install_warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+        out["install_warnings"] = report(caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.set_event_loop_policy(uringloop.EventLoopPolicy(fallback=True))
+        out["policy_fallback"] = asyncio.run(which())
+        out["policy_fallback_2"] = asyncio.run(which())
+        asyncio.new_event_loop().close()
+        out["policy_warnings"] = report(caught)
     print(json.dumps(out))
     """
 )
@@ -106,15 +119,20 @@ def test_unavailable_error_and_fallback(name: str, errno_value: int, step: str, 
     # fallback=True: a working stdlib loop and exactly one RuntimeWarning with the reason
     assert out["fallback_loop"] == "asyncio.unix_events"
     assert out["fallback_works"] == "ok"
-    for key in ("new_event_loop_warnings", "run_warnings", "install_warnings"):
+    # every entry point warns the same way, once, blaming the caller's line (here: the
+    # child's "<string>"), not uringloop's or asyncio's files
+    for key in ("new_event_loop_warnings", "run_warnings", "install_warnings",
+                "policy_warnings"):
         warns = out[key]
         assert len(warns) == 1, (key, warns)
-        category, text = warns[0]
+        category, text, filename = warns[0]
         assert category == "RuntimeWarning"
         assert "falling back to the stdlib asyncio event loop" in text
         assert errname in text and "Remedy:" in text
+        assert filename == "<string>", (key, filename)
     assert out["run_fallback"] == "asyncio.unix_events"
     assert out["install_fallback"] == out["install_fallback_2"] == "asyncio.unix_events"
+    assert out["policy_fallback"] == out["policy_fallback_2"] == "asyncio.unix_events"
 
 
 def test_available_fallback_is_a_no_op() -> None:
@@ -123,7 +141,8 @@ def test_available_fallback_is_a_no_op() -> None:
     assert out["fallback_loop"] == "uringloop.loop"
     assert out["run_fallback"] == out["install_fallback"] == "uringloop.loop"
     assert out["new_event_loop_warnings"] == out["run_warnings"] == []
-    assert out["install_warnings"] == []
+    assert out["install_warnings"] == out["policy_warnings"] == []
+    assert out["policy_fallback"] == "uringloop.loop"
 
 
 @pytest.mark.parametrize("value", ["NOT_AN_ERRNO", "pbuf:NOT_AN_ERRNO", "bogus:EINVAL"])
@@ -134,3 +153,65 @@ def test_bad_hook_value_is_an_error(value: str) -> None:
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and "URINGLOOP_FAKE_SETUP_ERRNO" in proc.stderr
+
+
+# -- in this process: where the fallback warning points ---------------------------------
+
+
+@pytest.fixture
+def io_uring_blocked(monkeypatch):
+    """io_uring_setup "fails" with EPERM; the process's policy is restored afterwards."""
+    monkeypatch.setenv("URINGLOOP_FAKE_SETUP_ERRNO", "EPERM")
+    old = asyncio.get_event_loop_policy()
+    yield
+    asyncio.set_event_loop_policy(old)
+
+
+async def _which() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def _fallback_with_run() -> None:
+    assert uringloop.run(_which(), fallback=True) == "asyncio.unix_events"
+
+
+def _fallback_with_new_event_loop() -> None:
+    loop = uringloop.new_event_loop(fallback=True)
+    assert type(loop).__module__ == "asyncio.unix_events"
+    loop.close()
+
+
+def _fallback_with_install() -> None:
+    uringloop.install(fallback=True)
+    assert asyncio.run(_which()) == "asyncio.unix_events"
+
+
+def _fallback_with_policy_and_asyncio_run() -> None:
+    asyncio.set_event_loop_policy(uringloop.EventLoopPolicy(fallback=True))
+    assert asyncio.run(_which()) == "asyncio.unix_events"
+    assert asyncio.run(_which()) == "asyncio.unix_events"  # no second warning
+
+
+def _fallback_with_policy_and_new_event_loop() -> None:
+    asyncio.set_event_loop_policy(uringloop.EventLoopPolicy(fallback=True))
+    for _ in range(2):
+        loop = asyncio.new_event_loop()
+        assert type(loop).__module__ == "asyncio.unix_events"
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [_fallback_with_run, _fallback_with_new_event_loop, _fallback_with_install,
+     _fallback_with_policy_and_asyncio_run, _fallback_with_policy_and_new_event_loop],
+)
+def test_fallback_warning_blames_the_callers_line(io_uring_blocked, entry) -> None:
+    """Every entry point gives one RuntimeWarning naming the reason, attributed to the
+    caller's file (this one), not to uringloop/policy.py or asyncio's modules."""
+    with pytest.warns(RuntimeWarning) as record:
+        entry()
+    assert len(record) == 1, [str(w.message) for w in record]
+    warning = record[0]
+    assert "falling back to the stdlib asyncio event loop" in str(warning.message)
+    assert "EPERM" in str(warning.message)
+    assert warning.filename == __file__, warning.filename

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Coroutine
+from types import FrameType
 from typing import Any, TypeVar
 
 from .errors import UnsupportedError
@@ -16,11 +18,25 @@ __all__ = ["new_event_loop", "EventLoopPolicy", "install", "run"]
 
 T = TypeVar("T")
 
+# Frames in these packages are skipped when a fallback warning picks the line to blame.
+_INTERNAL = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,  # uringloop
+    os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
+)
 
-def _warn_fallback(exc: UnsupportedError, stacklevel: int) -> None:
+
+def _warn_fallback(exc: UnsupportedError) -> None:
+    """The one RuntimeWarning of every entry point that falls back, blamed on the first
+    caller outside uringloop and asyncio (the line that called run(), install(),
+    new_event_loop(), or asyncio.run() / new_event_loop() under the policy)."""
+    level = 1  # this frame
+    frame: FrameType | None = sys._getframe(0)
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
     warnings.warn(
         f"uringloop: falling back to the stdlib asyncio event loop: {exc.strerror or exc}",
-        RuntimeWarning, stacklevel=stacklevel + 1,
+        RuntimeWarning, stacklevel=level,
     )
 
 
@@ -28,47 +44,56 @@ def new_event_loop(*, fallback: bool = False) -> asyncio.AbstractEventLoop:
     """A new uringloop event loop.
 
     If io_uring is unavailable this raises :class:`UnsupportedError` (naming the cause and
-    the remedy), or with ``fallback=True`` warns once (``RuntimeWarning``, with the same
-    reason) and returns a stdlib ``asyncio`` loop instead.
+    the remedy), or with ``fallback=True`` warns (one ``RuntimeWarning`` per call, with the
+    same reason) and returns a stdlib ``asyncio`` loop instead.
     """
     try:
         return Loop()
     except UnsupportedError as exc:
         if not fallback:
             raise
-        _warn_fallback(exc, 2)
+        _warn_fallback(exc)
         return asyncio.SelectorEventLoop()
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """An event loop policy whose loops are uringloop loops (stdlib loops with
-    ``fallback=True`` when io_uring is unavailable, without a warning per loop)."""
+    """An event loop policy whose loops are uringloop loops.
+
+    With ``fallback=True`` and io_uring unavailable its loops are stdlib loops; the first
+    one comes with a ``RuntimeWarning`` naming the reason (one per policy, not per loop).
+    """
 
     def __init__(self, *, fallback: bool = False) -> None:
         super().__init__()
         self._fallback = fallback
+        self._warned = False  # the policy's one fallback warning was given
 
     def _loop_factory(self) -> asyncio.AbstractEventLoop:
-        if self._fallback:
-            try:
-                return Loop()
-            except UnsupportedError:
-                return asyncio.SelectorEventLoop()
-        return new_event_loop()
+        try:
+            return Loop()
+        except UnsupportedError as exc:
+            if not self._fallback:
+                raise
+            if not self._warned:
+                self._warned = True
+                _warn_fallback(exc)
+            return asyncio.SelectorEventLoop()
 
 
 def install(*, fallback: bool = False) -> None:
     """Make uringloop the default loop of this process (``asyncio.set_event_loop_policy``).
 
-    With ``fallback=True`` and io_uring unavailable it warns once (``RuntimeWarning``
-    naming the reason) and installs a policy whose loops are stdlib loops.
+    With ``fallback=True`` and io_uring unavailable it warns once, here (``RuntimeWarning``
+    naming the reason), and installs a policy whose loops are stdlib loops.
     """
+    policy = EventLoopPolicy(fallback=fallback)
     if fallback:
         try:  # the probe: a real loop, so it needs exactly what the policy's loops need
             Loop().close()
         except UnsupportedError as exc:
-            _warn_fallback(exc, 2)
-    asyncio.set_event_loop_policy(EventLoopPolicy(fallback=fallback))
+            _warn_fallback(exc)
+            policy._warned = True  # that was the policy's one warning
+    asyncio.set_event_loop_policy(policy)
 
 
 def run(
