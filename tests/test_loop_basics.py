@@ -238,6 +238,31 @@ def test_uringloop_run_debug_flag():
     assert uringloop.run(main(), debug=False) is False
 
 
+async def test_uringloop_run_inside_a_running_loop_raises(monkeypatch):
+    """Like asyncio.run: RuntimeError at once, before any loop is made, with no warning
+    (no "never awaited" coroutine, no unclosed loop), on whichever loop is running."""
+    import inspect
+    import warnings
+
+    from uringloop import policy
+
+    made = []
+    monkeypatch.setattr(policy, "new_event_loop", lambda **kw: made.append(kw))
+
+    async def inner():
+        return 1
+
+    coro = inner()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match=r"^uringloop\.run\(\) cannot be called "
+                                               r"from a running event loop$"):
+            uringloop.run(coro)
+    assert made == []
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+    assert [str(w.message) for w in caught] == []
+
+
 def test_uringloop_run_rejects_non_coroutine():
     with pytest.raises(ValueError):
         uringloop.run(lambda: None)  # type: ignore[arg-type]

@@ -100,9 +100,14 @@ def run(
     main: Coroutine[Any, Any, T], *, debug: bool | None = None, fallback: bool = False
 ) -> T:
     """Run ``main`` on a new uringloop loop, like ``asyncio.run`` (and ``uvloop.run``);
-    ``fallback=True``: on a stdlib loop, with a RuntimeWarning, if io_uring is unavailable."""
+    ``fallback=True``: on a stdlib loop, with a RuntimeWarning, if io_uring is unavailable.
+
+    Like ``asyncio.run`` it refuses (``RuntimeError``) to run inside a running loop."""
     if not asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
+    if asyncio.events._get_running_loop() is not None:
+        main.close()  # no "never awaited" warning either
+        raise RuntimeError("uringloop.run() cannot be called from a running event loop")
     factory = functools.partial(new_event_loop, fallback=fallback)
     if sys.version_info >= (3, 11):
         try:
