@@ -46,6 +46,9 @@ _LAZY_EXTRA = frozenset(("socket", "sockname", "peername"))
 #: Queued writes adding up to this many bytes go out as one SENDMSG over their own
 #: buffers instead of being joined first (a join of large data is a full extra copy).
 _GATHER_MIN = 32 * 1024
+#: One send carries at most about this much (more chunks wait for the next send): on
+#: loopback, larger sends were slower per byte (bench/zerocopy_adaptive_bench.py).
+_SEND_MAX = 256 * 1024
 
 
 def _os_error(res: int) -> OSError:
@@ -457,16 +460,13 @@ class StreamTransport(
                 self._send_inflight = True
                 return
             end = 1
-            while end < len(queue) and type(queue[end]) is not ZeroCopyWrite:
+            total = len(head)
+            limit = min(len(queue), IOV_MAX)
+            while end < limit and total < _SEND_MAX and type(queue[end]) is not ZeroCopyWrite:
+                total += len(queue[end])
                 end += 1
             if end > 1:  # coalesce this iteration's writes into one send
-                total = 0
-                for i in range(end):
-                    total += len(queue[i])
                 if total >= _GATHER_MIN:
-                    if end > IOV_MAX:
-                        end = IOV_MAX
-                        total = sum(len(queue[i]) for i in range(end))
                     self._flush_gathered(end, total)
                     return
                 head = b"".join(queue[:end])
