@@ -9,6 +9,7 @@ can narrow it with ``@pytest.mark.asyncio(loop_factories=["uringloop"])``.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,11 +39,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _loop_names(config: pytest.Config) -> list[str]:
+    """The loops named by ``uringloop_loops``; pytest.UsageError for a bad value."""
+    value = str(config.getini("uringloop_loops"))
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    valid = ", ".join(_FACTORIES)
+    unknown = [n for n in names if n not in _FACTORIES]
+    if unknown:
+        raise pytest.UsageError(
+            f"uringloop_loops = {value!r}: unknown loop {', '.join(map(repr, unknown))}; "
+            f"valid values (comma separated): {valid}"
+        )
+    if not names:
+        raise pytest.UsageError(
+            f"uringloop_loops = {value!r} names no loop; valid values (comma separated): "
+            f"{valid}"
+        )
+    if "uvloop" in names and importlib.util.find_spec("uvloop") is None:
+        raise pytest.UsageError("uringloop_loops names uvloop, which is not installed")
+    return names
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _loop_names(config)  # a bad value stops the run here, as a usage error
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], Any]]:
-    names = [n.strip() for n in str(config.getini("uringloop_loops")).split(",") if n.strip()]
-    unknown = [n for n in names if n not in _FACTORIES]
-    if unknown:
-        raise pytest.UsageError(f"uringloop_loops: unknown loop(s) {unknown}")
-    return {name: _FACTORIES[name] for name in names}
+    return {name: _FACTORIES[name] for name in _loop_names(config)}
