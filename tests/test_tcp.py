@@ -187,6 +187,19 @@ async def echo_roundtrip(port, payload, host="127.0.0.1"):
 # -- servers and connections -----------------------------------------------------------
 
 
+async def connect_to_plain_peer(loop):
+    """A transport connected to a plain blocking socket that the test drives by hand."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    try:
+        tr, proto = await loop.create_connection(lambda: Collector(loop), *lsock.getsockname())
+        peer, _ = lsock.accept()
+    finally:
+        lsock.close()
+    return tr, proto, peer
+
+
 @pytest.mark.parametrize("size", [1, 1000, 65536, 3_000_000])
 async def test_echo_exact(size, fd_guard):
     server, protos = await start_echo_server()
@@ -231,12 +244,7 @@ async def test_large_writes_in_one_iteration_short_sends_keep_order(fd_guard):
     (one SENDMSG over their buffers); with a tiny send buffer and a slow reader most
     sends come back short, yet every byte arrives once and in order."""
     loop = asyncio.get_running_loop()
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen()
-    tr, proto = await loop.create_connection(lambda: Collector(loop), *lsock.getsockname())
-    peer, _ = lsock.accept()
-    lsock.close()
+    tr, proto, peer = await connect_to_plain_peer(loop)
     tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rng = random.Random(7)
     chunks = [rand_bytes(rng.randint(1, 9000), i) for i in range(400)]
@@ -267,12 +275,7 @@ async def test_large_writes_in_one_iteration_short_sends_keep_order(fd_guard):
 async def test_abort_during_gathered_send(fd_guard):
     """abort() while a gathered send is in flight: connection_lost once, nothing hangs."""
     loop = asyncio.get_running_loop()
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen()
-    tr, proto = await loop.create_connection(lambda: Collector(loop), *lsock.getsockname())
-    peer, _ = lsock.accept()
-    lsock.close()
+    tr, proto, peer = await connect_to_plain_peer(loop)
     for i in range(64):
         tr.write(rand_bytes(64 * 1024, i))  # 4 MiB: more than the socket buffers take
     await asyncio.sleep(0.02)  # the gathered send is in flight, blocked on the peer
@@ -744,12 +747,7 @@ async def test_peer_reset(fd_guard):
 async def test_peer_reset_while_writing(fd_guard):
     """The peer resets while we have lots of unsent data; connection_lost once."""
     loop = asyncio.get_running_loop()
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen()
-    tr, proto = await loop.create_connection(lambda: Collector(loop), *lsock.getsockname())
-    peer, _ = lsock.accept()
-    lsock.close()
+    tr, proto, peer = await connect_to_plain_peer(loop)
     big = rand_bytes(4 << 20, 12)
     for _ in range(8):
         tr.write(big)
