@@ -29,6 +29,7 @@ import warnings
 from asyncio import constants, futures, transports
 from asyncio.log import logger
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._uring import ffi, lib
@@ -53,32 +54,120 @@ def _os_error(res: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-class ReadPipeTransport(transports.ReadTransport):
-    """The read end of a pipe (or a socket / character device) on io_uring ``READ``."""
+class _PipeLifecycleMixin:
+    """What the read and the write pipe transport share: setup, repr, the unclosed
+    warning, protocol access and the ``connection_lost`` steps.
 
-    max_size = 256 * 1024
+    The transport provides ``_inflight``, ``_ud``, ``_close()`` and, for ``__init__``'s
+    checks, its own error message. (The pipe transports are not slotted.)
+    """
 
     if TYPE_CHECKING:
         _extra: dict[str, Any]  # BaseTransport's, not declared by typeshed
+        _ring: Any
+        _ud: int
+        _inflight: bool
+
+        def _close(self, exc: BaseException | None) -> None: ...
+
+    def _attach_pipe(self, loop: Loop, pipe: Any, protocol: asyncio.BaseProtocol,
+                     wrong_kind: str) -> int:
+        """Take ``pipe`` and ``protocol``; the pipe's ``st_mode`` (ValueError: not a
+        pipe, socket or character device)."""
+        self._extra["pipe"] = pipe
+        self._loop: Loop = loop
+        self._pipe: Any = pipe
+        self._fileno: int = pipe.fileno()
+        self._protocol: Any = protocol
+        self._closing = False  # close() (or write_eof()) called, or the pipe failed
+        self._lost_scheduled = False
+        mode = os.fstat(self._fileno).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            self._pipe = None
+            self._protocol = None
+            raise ValueError(wrong_kind)
+        os.set_blocking(self._fileno, False)
+        return mode
+
+    def _start(
+        self, waiter: asyncio.Future[None] | None, then: Callable[[], None] | None = None
+    ) -> None:
+        """Schedule ``connection_made``, then ``then()``, then the waiter's result."""
+        self._loop.call_soon(self._protocol.connection_made, self)
+        if then is not None:
+            self._loop.call_soon(then)
+        if waiter is not None:
+            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def _repr_info(self) -> list[str]:
+        state = "closed" if self._pipe is None else ("closing" if self._closing else "open")
+        return [type(self).__name__, f"fd={self._fileno}", state]
+
+    def __repr__(self) -> str:
+        return "<{}>".format(" ".join(self._repr_info()))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_pipe", None) is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._pipe.close()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _quiet_error(self, exc: BaseException) -> bool:
+        """Whether ``_fatal_error`` only logs ``exc`` (in debug mode): an OSError."""
+        return isinstance(exc, OSError)
+
+    def _fatal_error(
+        self, exc: BaseException, message: str = "Fatal error on pipe transport"
+    ) -> None:
+        if self._quiet_error(exc):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self,
+                "protocol": self._protocol,
+            })
+        self._close(exc)
+
+    def _schedule_lost(self, exc: BaseException | None) -> None:
+        if self._lost_scheduled:
+            return
+        self._lost_scheduled = True
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            pipe, self._pipe = self._pipe, None
+            if pipe is not None:
+                pipe.close()
+            self._protocol = None
+            if not self._inflight:
+                self._ring.unregister(self._ud)
+            # else: the handler (and its buffer) live on until the cancelled operation's CQE
+
+
+class ReadPipeTransport(_PipeLifecycleMixin, transports.ReadTransport):
+    """The read end of a pipe (or a socket / character device) on io_uring ``READ``."""
+
+    max_size = 256 * 1024
 
     def __init__(
         self, loop: Loop, pipe: Any, protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(extra)
-        self._extra["pipe"] = pipe
-        self._loop: Loop = loop
-        self._pipe: Any = pipe
-        self._fileno: int = pipe.fileno()
-        self._protocol: Any = protocol
-        self._closing = False
         self._paused = False
-        mode = os.fstat(self._fileno).st_mode
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            self._pipe = None
-            self._protocol = None
-            raise ValueError("Pipe transport is for pipes/sockets only.")
-        os.set_blocking(self._fileno, False)
+        self._attach_pipe(loop, pipe, protocol, "Pipe transport is for pipes/sockets only.")
         self._ring = loop._ring
         self._buf = bytearray(self.max_size)
         self._cbuf = ffi.from_buffer(self._buf)
@@ -86,21 +175,7 @@ class ReadPipeTransport(transports.ReadTransport):
         self._poll_ud = 0
         self._inflight = False  # a READ (or its EAGAIN poll) is in the kernel
         self._stash: list[bytes] = []  # read while paused; b"" marks EOF
-        self._lost_scheduled = False
-        self._loop.call_soon(self._protocol.connection_made, self)
-        # start reading only once connection_made() has run
-        self._loop.call_soon(self._arm)
-        if waiter is not None:
-            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        state = "closed" if self._pipe is None else ("closing" if self._closing else "open")
-        return f"<{type(self).__name__} fd={self._fileno} {state}>"
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_pipe", None) is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._pipe.close()
+        self._start(waiter, self._arm)  # start reading only once connection_made() has run
 
     # -- reading -----------------------------------------------------------------------
 
@@ -231,33 +306,14 @@ class ReadPipeTransport(transports.ReadTransport):
                 return
         self._arm()
 
-    # -- protocol, closing -------------------------------------------------------------
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol  # type: ignore[no-any-return]
-
-    def is_closing(self) -> bool:
-        return self._closing
+    # -- closing -----------------------------------------------------------------------
 
     def close(self) -> None:
         if not self._closing:
             self._close(None)
 
-    def _fatal_error(
-        self, exc: BaseException, message: str = "Fatal error on pipe transport"
-    ) -> None:
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message, "exception": exc, "transport": self,
-                "protocol": self._protocol,
-            })
-        self._close(exc)
+    def _quiet_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, OSError) and exc.errno == errno.EIO  # as asyncio's read pipe
 
     def _close(self, exc: BaseException | None) -> None:
         self._closing = True
@@ -265,32 +321,14 @@ class ReadPipeTransport(transports.ReadTransport):
         self._cancel_read()
         self._schedule_lost(exc)
 
-    def _schedule_lost(self, exc: BaseException | None) -> None:
-        if self._lost_scheduled:
-            return
-        self._lost_scheduled = True
-        self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            pipe, self._pipe = self._pipe, None
-            if pipe is not None:
-                pipe.close()
-            self._protocol = None
-            if not self._inflight:
-                self._ring.unregister(self._ud)
-            # else: the handler (and the buffer) live on until the cancelled read's CQE
-
-
-class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(
+    _PipeLifecycleMixin, transports._FlowControlMixin, transports.WriteTransport
+):
     """The write end of a pipe (or a socket / character device) on io_uring ``WRITE``."""
 
     if TYPE_CHECKING:
         # asyncio transport internals that typeshed does not declare.
-        _extra: dict[str, Any]
-
         def _maybe_pause_protocol(self) -> None: ...
         def _maybe_resume_protocol(self) -> None: ...
 
@@ -299,20 +337,10 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
         waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(extra, loop)
-        self._extra["pipe"] = pipe
-        self._loop: Loop = loop
-        self._pipe: Any = pipe
-        self._fileno: int = pipe.fileno()
-        self._protocol: Any = protocol
         self._conn_lost = 0
-        self._closing = False  # close() or write_eof() called, or the pipe failed
-        mode = os.fstat(self._fileno).st_mode
-        is_char, is_fifo, is_sock = stat.S_ISCHR(mode), stat.S_ISFIFO(mode), stat.S_ISSOCK(mode)
-        if not (is_char or is_fifo or is_sock):
-            self._pipe = None
-            self._protocol = None
-            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
-        os.set_blocking(self._fileno, False)
+        mode = self._attach_pipe(
+            loop, pipe, protocol, "Pipe transport is only for pipes, sockets and character devices"
+        )
         ring = self._ring = loop._ring
         self._queue: deque[bytes] = deque()
         self._size = 0  # bytes written by the protocol, not yet confirmed written
@@ -324,21 +352,11 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
         self._head_off = 0  # bytes of queue[0] already written (after short writes)
         self._scheduled = False
         self._peer_ud = 0  # poll that completes when the reading end goes away
-        self._lost_scheduled = False
-        self._loop.call_soon(self._protocol.connection_made, self)
-        if is_sock or is_fifo:
-            self._loop.call_soon(self._arm_peer_poll)
-        if waiter is not None:
-            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+        peer_poll = stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)
+        self._start(waiter, self._arm_peer_poll if peer_poll else None)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._pipe is None else ("closing" if self._closing else "open")
-        return f"<{type(self).__name__} fd={self._fileno} {state} bufsize={self._size}>"
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_pipe", None) is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._pipe.close()
+    def _repr_info(self) -> list[str]:
+        return [*super()._repr_info(), f"bufsize={self._size}"]
 
     # -- peer-closed detection ---------------------------------------------------------
 
@@ -485,16 +503,7 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
             self._cancel_peer_poll()
             self._schedule_lost(None)
 
-    # -- protocol, closing -------------------------------------------------------------
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol  # type: ignore[no-any-return]
-
-    def is_closing(self) -> bool:
-        return self._closing
+    # -- closing -----------------------------------------------------------------------
 
     def close(self) -> None:
         if self._pipe is not None and not self._closing:
@@ -502,19 +511,6 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
 
     def abort(self) -> None:
         self._close(None)
-
-    def _fatal_error(
-        self, exc: BaseException, message: str = "Fatal error on pipe transport"
-    ) -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message, "exception": exc, "transport": self,
-                "protocol": self._protocol,
-            })
-        self._close(exc)
 
     def _close(self, exc: BaseException | None = None) -> None:
         self._closing = True
@@ -525,21 +521,3 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
             lib.ul_prep_cancel(self._ring.ptr, self._wpoll_ud or self._ud, 0)
         self._cancel_peer_poll()
         self._schedule_lost(exc)
-
-    def _schedule_lost(self, exc: BaseException | None) -> None:
-        if self._lost_scheduled:
-            return
-        self._lost_scheduled = True
-        self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            pipe, self._pipe = self._pipe, None
-            if pipe is not None:
-                pipe.close()
-            self._protocol = None
-            if not self._inflight:
-                self._ring.unregister(self._ud)
-            # else: the handler keeps the data alive until the cancelled write's CQE
