@@ -393,19 +393,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             lib.ul_prep_cancel(self._ring.ptr, self._recv_ud, 0)
         self._maybe_finalize()
 
-    def abort(self) -> None:
-        self._force_close(None)
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                asyncio.log.logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": self,
-                 "protocol": self._protocol}
-            )
-        self._force_close(exc)
+    # abort(), _fatal_error(): SocketLifecycleMixin
 
     def _force_close(self, exc: BaseException | None) -> None:
         if self._lost_called or self._finalizing:
@@ -439,19 +427,4 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._conn_lost = max(self._conn_lost, 1)
         self._loop.call_soon(self._call_connection_lost, self._lost_exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._lost_called:
-            return
-        self._lost_called = True
-        ring = self._ring
-        ring.unregister(self._recv_ud)
-        ring.unregister(self._send_ud)
-        try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
-        finally:
-            self._forget_fd()
-            sock, self._sock = self._sock, None
-            if sock is not None:
-                sock.close()
-            self._protocol = None
+    # _call_connection_lost(): SocketLifecycleMixin

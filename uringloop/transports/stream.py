@@ -640,19 +640,7 @@ class StreamTransport(
             self._conn_lost += 1
         self._maybe_finalize()
 
-    def abort(self) -> None:
-        self._force_close(None)
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                asyncio.log.logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": self,
-                 "protocol": self._protocol}
-            )
-        self._force_close(exc)
+    # abort(), _fatal_error(): SocketLifecycleMixin
 
     def _force_close(self, exc: BaseException | None) -> None:
         if self._lost_called or self._finalizing:
@@ -714,29 +702,16 @@ class StreamTransport(
             self._conn_lost = 1
         self._loop.call_soon(self._call_connection_lost, self._lost_exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._lost_called:
-            return
-        self._lost_called = True
-        ring = self._ring
-        ring.unregister(self._recv_ud)
-        ring.unregister(self._send_ud)
-        try:
-            if self._protocol_connected:
-                # typeshed has Exception | None; asyncio passes BaseExceptions too
-                self._protocol.connection_lost(exc)  # type: ignore[arg-type]
-        finally:
-            self._forget_fd()
-            for name in _LAZY_EXTRA:  # still answered after close, as asyncio does
-                self.get_extra_info(name)
-            sock, self._sock = self._sock, None
-            if sock is not None:
-                sock.close()
-            self._protocol = None  # type: ignore[assignment]
-            self._rbuf = self._rbuf_src = self._rbuf_owner = None
-            server, self._server = self._server, None
-            if server is not None:
-                if _HAS_SERVER_TRANSPORT_ARG:
-                    server._detach(self)
-                else:
-                    server._detach()
+    # _call_connection_lost(): SocketLifecycleMixin
+
+    def _release(self) -> None:
+        for name in _LAZY_EXTRA:  # still answered after close, as asyncio does
+            self.get_extra_info(name)
+        super()._release()  # closes the socket
+        self._rbuf = self._rbuf_src = self._rbuf_owner = None
+        server, self._server = self._server, None
+        if server is not None:
+            if _HAS_SERVER_TRANSPORT_ARG:
+                server._detach(self)
+            else:
+                server._detach()
