@@ -16,20 +16,7 @@ import socket
 import sys
 import time
 
-LOOPS = ("uringloop", "asyncio", "uvloop")
-
-
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    """Create (but do not run) an event loop of the requested kind."""
-    if name == "uringloop":
-        import uringloop
-
-        return uringloop.new_event_loop()
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+from _common import arg_parser, new_loop
 
 
 async def worker(host: str, port: int, payload: bytes, deadline: float,
@@ -80,10 +67,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options and run the client on the selected loop."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loop", choices=LOOPS, default="uringloop")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=25000)
+    p = arg_parser(__doc__, port=25000)
     p.add_argument("-c", "--conns", type=int, default=10)
     p.add_argument("-s", "--size", type=int, default=1024, help="message size in bytes")
     p.add_argument("-d", "--duration", type=float, default=3.0, help="seconds")

@@ -14,25 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
-import signal
-import socket
 import sys
 from typing import Any
 
-LOOPS = ("uringloop", "asyncio", "uvloop")
+from _common import arg_parser, serve, set_nodelay
+
 MODES = ("protocol", "streams", "buffered")
 BUFFER_SIZE = 256 * 1024  # BufferedProtocol receive buffer per connection
-
-
-def _nodelay(transport: asyncio.BaseTransport) -> None:
-    """Disable Nagle on an accepted connection (same for every loop)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -45,7 +33,7 @@ class EchoProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        _nodelay(transport)
+        set_nodelay(transport)
         if self.log:
             print("connection from", transport.get_extra_info("peername"))
 
@@ -73,7 +61,7 @@ class BufferedEchoProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        _nodelay(transport)
+        set_nodelay(transport)
         if self.log:
             print("connection from", transport.get_extra_info("peername"))
 
@@ -97,7 +85,7 @@ def make_stream_handler(zerocopy: bool, log: bool) -> Any:
     """Return an asyncio.start_server() client callback that echoes."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _nodelay(writer.transport)
+        set_nodelay(writer.transport)
         if log:
             print("connection from", writer.get_extra_info("peername"))
         try:
@@ -122,19 +110,6 @@ def make_stream_handler(zerocopy: bool, log: bool) -> Any:
     return handle
 
 
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    """Create (but do not run) an event loop of the requested kind."""
-    if name == "uringloop":
-        import uringloop
-
-        return uringloop.new_event_loop()
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
 async def start(args: argparse.Namespace) -> asyncio.AbstractServer:
     """Start listening in the selected mode."""
     loop = asyncio.get_running_loop()
@@ -150,23 +125,9 @@ async def start(args: argparse.Namespace) -> asyncio.AbstractServer:
     )
 
 
-def raise_nofile(n: int) -> None:
-    """Raise RLIMIT_NOFILE to n (the hard limit too, where permitted)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= n:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(n, hard)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse options, serve until SIGINT/SIGTERM."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loop", choices=LOOPS, default="uringloop")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=25000)
+    p = arg_parser(__doc__, port=25000)
     p.add_argument("--mode", choices=MODES, default="protocol")
     p.add_argument("--zerocopy", action="store_true",
                    help="echo with transport.write_zerocopy() (uringloop)")
@@ -174,39 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nofile", type=int, default=0,
                    help="raise RLIMIT_NOFILE to this (e.g. 65536 for 10k+ connections)")
     args = p.parse_args(argv)
-    if args.nofile:
-        raise_nofile(args.nofile)
-
-    loop = new_loop(args.loop)
-    asyncio.set_event_loop(loop)
-
-    def request_stop(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(loop.stop)
-
-    # signal.signal + call_soon_threadsafe works on every loop, including
-    # ones without add_signal_handler().
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-    server = loop.run_until_complete(start(args))
-    print(f"listening on {args.host}:{args.port} (loop={args.loop}, mode={args.mode})",
-          flush=True)
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:  # streams mode: one handler task per connection
-            task.cancel()
-        try:
-            loop.run_until_complete(
-                asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0))
-        except Exception:
-            pass
-        loop.close()
-    if not args.quiet:
-        print("bye", file=sys.stderr)
-    return 0
+    return serve(
+        lambda loop: start(args), loop_name=args.loop, nofile=args.nofile, quiet=args.quiet,
+        banner=f"listening on {args.host}:{args.port} (loop={args.loop}, mode={args.mode})",
+        cancel_tasks=True,  # streams mode: one handler task per connection
+    )
 
 
 if __name__ == "__main__":

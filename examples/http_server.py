@@ -18,17 +18,13 @@ Stop it with Ctrl-C (SIGINT) or SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import resource
-import signal
-import socket
 import sys
 from typing import Any
 
 import httptools
+from _common import arg_parser, serve, set_nodelay
 
-LOOPS = ("uringloop", "asyncio", "uvloop")
 BODY = b"Hello, World!"
 RESPONSE_KEEP = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
@@ -52,12 +48,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -91,63 +82,19 @@ class HttpProtocol(asyncio.Protocol):
             self.closing = True
 
 
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    """Create (but do not run) an event loop of the requested kind."""
-    if name == "uringloop":
-        import uringloop
-
-        return uringloop.new_event_loop()
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def raise_nofile(n: int) -> None:
-    """Raise RLIMIT_NOFILE to n (the hard limit too, where permitted)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= n:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(n, hard)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse options, serve until SIGINT/SIGTERM."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loop", choices=LOOPS, default="uringloop")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p = arg_parser(__doc__, port=8080)
     p.add_argument("--backlog", type=int, default=1024)
     p.add_argument("--nofile", type=int, default=0, help="raise RLIMIT_NOFILE to this")
     p.add_argument("--quiet", action="store_true", help="no startup/shutdown lines")
     args = p.parse_args(argv)
-    if args.nofile:
-        raise_nofile(args.nofile)
-
-    loop = new_loop(args.loop)
-    asyncio.set_event_loop(loop)
-
-    def request_stop(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(loop.stop)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-    server = loop.run_until_complete(loop.create_server(
-        HttpProtocol, args.host, args.port, reuse_address=True, backlog=args.backlog))
-    print(f"listening on http://{args.host}:{args.port}/ (loop={args.loop})", flush=True)
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-        loop.close()
-    if not args.quiet:
-        print("bye", file=sys.stderr)
-    return 0
+    return serve(
+        lambda loop: loop.create_server(
+            HttpProtocol, args.host, args.port, reuse_address=True, backlog=args.backlog),
+        loop_name=args.loop, nofile=args.nofile, quiet=args.quiet,
+        banner=f"listening on http://{args.host}:{args.port}/ (loop={args.loop})",
+    )
 
 
 if __name__ == "__main__":
