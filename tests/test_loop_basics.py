@@ -632,3 +632,42 @@ async def test_stats_shape_and_counters_increase():
 async def test_running_loop_is_uringloop():
     loop = asyncio.get_running_loop()
     assert isinstance(loop, uringloop.Loop)
+
+
+def _can_make_netns() -> str | None:
+    """None if this process may create network namespaces, else what is missing."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return "root (to create a network namespace)"
+    if shutil.which("ip") is None:
+        return "the ip tool (iproute2)"
+    return None
+
+
+@pytest.mark.skipif(_can_make_netns() is not None, reason=f"needs {_can_make_netns()}")
+def test_loop_starts_in_a_network_namespace_without_loopback():
+    """A fresh namespace has lo down: the capability probe must not need 127.0.0.1."""
+    import subprocess
+    import sys
+
+    name = f"ultest{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"needs network namespaces: {made.stderr.decode().strip()}")
+    try:
+        code = (
+            "import asyncio, uringloop\n"
+            "async def plain():\n"
+            "    await asyncio.sleep(0)\n"
+            "    return 7\n"
+            "print(uringloop.run(plain()))\n"
+        )
+        out = subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-c", code],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "7"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -45,13 +45,33 @@ class Capabilities:
 _cached: Capabilities | None = None
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running kernel's release (``uname -r``) is at least major.minor."""
+    parts = []
+    for piece in os.uname().release.split(".")[:2]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return (parts[0], parts[1]) >= (major, minor)
+
+
 def _trial_report_usage(ring: Any) -> bool:
     """Send one byte with SEND_ZC + REPORT_USAGE on a loopback UDP pair (EINVAL: no)."""
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        b.bind(("127.0.0.1", 0))
-        a.connect(b.getsockname())
+        try:
+            b.bind(("127.0.0.1", 0))
+            a.connect(b.getsockname())
+        except OSError:
+            # No usable loopback (e.g. a fresh network namespace whose lo is down): go by
+            # the kernel version, as the usage report came with Linux 6.2.
+            return _kernel_at_least(6, 2)
         buf = ffi.new("char[1]", b"x")
         ud = ffi.new("uint64_t[4]")
         res = ffi.new("int32_t[4]")
