@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from typing import Any
 
 from . import zcpool
@@ -27,9 +26,11 @@ from ._uring import ffi, lib
 from .zerocopy import (
     RECVSEND_FIXED_BUF,
     SEND_ZC_REPORT_USAGE,
+    ZeroCopyModeMixin,
     ZeroCopyResult,
     ZeroCopyState,
     as_send_buffer,
+    new_state,
 )
 
 __all__ = ["ZcDatagram", "ZcDatagramBatch", "ZeroCopyDatagramMixin"]
@@ -220,35 +221,16 @@ class ZcDatagramBatch:
         ))
 
 
-class ZeroCopyDatagramMixin:
+class ZeroCopyDatagramMixin(ZeroCopyModeMixin):
     """``sendto_zerocopy`` / ``sendto_zerocopy_many`` for the datagram transport."""
 
     def _zc_state(self) -> ZeroCopyState:
         state = self.__dict__.get("_zcs")
         if state is None:
-            loop: Any = self._loop  # type: ignore[attr-defined]
-            supported = loop._caps.send_zc
-            reason = None if supported else "this kernel has no IORING_OP_SEND_ZC (Linux 6.0)"
-            if self._family not in (socket.AF_INET, socket.AF_INET6):  # type: ignore[attr-defined]
-                supported, reason = False, "SEND_ZC supports TCP/UDP sockets only"
-            state = self.__dict__["_zcs"] = ZeroCopyState(loop.get_zerocopy_mode(), supported,
-                                                         reason)
+            state = self.__dict__["_zcs"] = new_state(self._loop, self._family)  # type: ignore[attr-defined]
         return state
 
-    def set_zerocopy_mode(self, mode: str) -> None:
-        """``"auto"``, ``"always"`` or ``"never"``; see StreamTransport.set_zerocopy_mode."""
-        from .zerocopy import check_mode
-
-        state = self._zc_state()
-        state.mode = check_mode(mode)
-        state.active = True
-        state.streak = 0
-
-    def get_zerocopy_mode(self) -> str:
-        return self._zc_state().mode
-
-    def zerocopy_stats(self) -> dict[str, Any]:
-        return self._zc_state().stats()
+    # set_zerocopy_mode(), get_zerocopy_mode(), zerocopy_stats(): ZeroCopyModeMixin
 
     def sendto_zerocopy(self, data: Any, addr: Any = None) -> Any:
         """Send one datagram with SEND_ZC; a future resolving to a ZeroCopyResult once

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -349,6 +350,44 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def new_state(loop: Any, family: int | None) -> ZeroCopyState:
+    """A transport's zero-copy state, in the loop's default mode: unsupported when the
+    kernel has no SEND_ZC or the socket (of ``family``; None: not known) is not TCP/UDP."""
+    supported = loop._caps.send_zc
+    reason = None if supported else "this kernel has no IORING_OP_SEND_ZC (Linux 6.0)"
+    if family is not None and family not in (socket.AF_INET, socket.AF_INET6):
+        supported, reason = False, "SEND_ZC supports TCP/UDP sockets only"
+    return ZeroCopyState(loop.get_zerocopy_mode(), supported, reason)
+
+
+class ZeroCopyModeMixin:
+    """The zero-copy mode API that the stream and the datagram transport share.
+
+    The transport's ``_zc_state()`` gives its :class:`ZeroCopyState` (made on first use).
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        def _zc_state(self) -> ZeroCopyState: ...
+
+    def set_zerocopy_mode(self, mode: str) -> None:
+        """``"auto"`` (switch to copying sends when the kernel reports copies), ``"always"``
+        (SEND_ZC for every zero-copy write) or ``"never"`` (plain sends; write_zerocopy
+        still resolves only once the buffer is free)."""
+        state = self._zc_state()
+        state.mode = check_mode(mode)
+        state.active = True
+        state.streak = 0
+
+    def get_zerocopy_mode(self) -> str:
+        return self._zc_state().mode
+
+    def zerocopy_stats(self) -> dict[str, Any]:
+        """This transport's zero-copy mode, what it is using now, and its counters."""
+        return self._zc_state().stats()
+
+
 @dataclass(frozen=True)
 class ZeroCopyGenerationResult:
     """What a closed generation of zero-copy writes did, once every buffer was released.
@@ -523,7 +562,7 @@ class PlainSendBatch:
         return self.block
 
 
-class ZeroCopyStreamMixin:
+class ZeroCopyStreamMixin(ZeroCopyModeMixin):
     """The zero-copy API of the stream transport (generations, pools, modes)."""
 
     __slots__ = ()
@@ -532,36 +571,13 @@ class ZeroCopyStreamMixin:
     def _zc_state(self) -> ZeroCopyState:
         state = self._zc
         if state is None:
-            import socket
-
-            loop: Any = self._loop  # type: ignore[attr-defined]
             sock = self._sock  # type: ignore[attr-defined]
-            reason = None
-            supported = loop._caps.send_zc
-            if sock is not None and sock.family not in (socket.AF_INET, socket.AF_INET6):
-                supported = False
-                reason = "SEND_ZC supports TCP/UDP sockets only"
-            elif not supported:
-                reason = "this kernel has no IORING_OP_SEND_ZC (Linux 6.0)"
+            family = sock.family if sock is not None else None
             # _zc: a slot of the transport class this mixin is part of
-            state = self._zc = ZeroCopyState(loop.get_zerocopy_mode(), supported, reason)  # type: ignore[misc]
+            state = self._zc = new_state(self._loop, family)  # type: ignore[misc,attr-defined]
         return state
 
-    def set_zerocopy_mode(self, mode: str) -> None:
-        """``"auto"`` (switch to copying sends when the kernel reports copies), ``"always"``
-        (SEND_ZC for every zero-copy write) or ``"never"`` (plain sends; write_zerocopy
-        still resolves only once the buffer is free)."""
-        state = self._zc_state()
-        state.mode = check_mode(mode)
-        state.active = True
-        state.streak = 0
-
-    def get_zerocopy_mode(self) -> str:
-        return self._zc_state().mode
-
-    def zerocopy_stats(self) -> dict[str, Any]:
-        """This transport's zero-copy mode, what it is using now, and its counters."""
-        return self._zc_state().stats()
+    # set_zerocopy_mode(), get_zerocopy_mode(), zerocopy_stats(): ZeroCopyModeMixin
 
     def zerocopy_generation(self) -> ZeroCopyGeneration:
         """A new generation: ``async with tr.zerocopy_generation() as gen: gen.write(b)``."""
