@@ -23,8 +23,11 @@ T = 10
 FEATURES = uringloop.features()
 
 
-async def connected_pair(paused_server: bool = False, expect: int | None = None):
-    """(client transport, client protocol, server protocol, server)."""
+async def connected_pair(mode: str | None = "always", paused_server: bool = False,
+                         expect: int | None = None):
+    """(client transport, client protocol, server protocol, server); the client in zero-copy
+    ``mode`` ("always" by default: most tests check SEND_ZC itself, not the adaptive
+    mode; None: the loop's default)."""
     loop = asyncio.get_running_loop()
     made = loop.create_future()
 
@@ -39,7 +42,8 @@ async def connected_pair(paused_server: bool = False, expect: int | None = None)
     tr, proto = await loop.create_connection(lambda: Collector(loop), "127.0.0.1",
                                              port_of(server))
     srv = await asyncio.wait_for(made, T)
-    tr.set_zerocopy_mode("always")  # these tests check SEND_ZC itself, not the adaptive mode
+    if mode is not None:
+        tr.set_zerocopy_mode(mode)
     return tr, proto, srv, server
 
 

@@ -14,44 +14,15 @@ import pytest
 import uringloop
 from uringloop import ZeroCopyGenerationResult, ZeroCopyResult
 
-from .test_tcp import Collector, close_server, port_of, rand_bytes
+from .test_tcp import close_server, rand_bytes
+from .test_zerocopy import connected_pair as pair
+from .test_zerocopy import shutdown
 
 pytestmark = pytest.mark.asyncio(loop_factories=["uringloop"])
 T = 10
 FEATURES = uringloop.features()
 needs_zc = pytest.mark.skipif(not FEATURES["send_zc"], reason="no SEND_ZC")
 needs_usage = pytest.mark.skipif(not FEATURES["send_zc_report_usage"], reason="no usage report")
-
-
-async def pair(mode: str | None = "always", paused_server: bool = False,
-               expect: int | None = None):
-    loop = asyncio.get_running_loop()
-    made = loop.create_future()
-
-    class Server(Collector):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            if paused_server:
-                transport.pause_reading()
-            made.set_result(self)
-
-    server = await loop.create_server(lambda: Server(loop, expect), "127.0.0.1", 0)
-    tr, proto = await loop.create_connection(lambda: Collector(loop), "127.0.0.1",
-                                             port_of(server))
-    srv = await asyncio.wait_for(made, T)
-    if mode is not None:
-        tr.set_zerocopy_mode(mode)
-    return tr, proto, srv, server
-
-
-async def shutdown(tr, proto, srv, server):
-    if not tr.is_closing():
-        tr.close()
-    await asyncio.wait_for(proto.lost, T)
-    if not srv.transport.is_closing():
-        srv.transport.close()
-    await asyncio.wait_for(srv.lost, T)
-    await close_server(server)
 
 
 # -- generations ------------------------------------------------------------------------
