@@ -33,6 +33,28 @@
 #ifndef IORING_SQ_TASKRUN
 #define IORING_SQ_TASKRUN (1U << 2)
 #endif
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+
+/* Aggregated batches (see ul_batch_open in _uring.h). */
+#define UL_BATCH_TAG (1ULL << 63)
+#define UL_BATCH_SLOTS 1024
+/* How long a wait that asked for a whole batch's completions may hold back others. */
+#define UL_BATCH_MIN_WAIT_US 20
+
+struct ul_batch {
+    uint64_t ud;           /* the user_data of the batch's own completions */
+    int64_t bytes;         /* sum of the result CQEs' res >= 0 */
+    int32_t err;           /* first res < 0 (in CQE order: chain order), 0 if none */
+    uint32_t err_idx;      /* its index among the result CQEs */
+    uint32_t sqes;         /* requests prepped = result CQEs expected */
+    uint32_t results;      /* result CQEs seen */
+    uint32_t notif_pending;/* notifications promised (F_MORE) and not yet seen */
+    uint32_t notifs;       /* notifications seen */
+    uint32_t copied;       /* of which reported IORING_NOTIF_USAGE_ZC_COPIED */
+    uint8_t active, results_done, final;
+};
 
 #define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
@@ -69,6 +91,11 @@ struct ul_ring {
     unsigned short br_tail, bgid;
     unsigned short *recycle;
     unsigned nrecycle;
+    /* aggregated batches */
+    struct ul_batch *batches;
+    unsigned *batch_free;
+    unsigned nbatch_free;
+    unsigned batch_expect;  /* CQEs still expected by all open batches */
     /* counters */
     uint64_t n_enter, n_submitted, n_cqe, n_overflow;
 };
@@ -631,17 +658,70 @@ static unsigned cq_ready(ul_ring *r)
     return load_acquire(r->cq_ktail) - *r->cq_khead;
 }
 
+/* One CQE of an aggregated batch: account it; emit the batch's own completion into
+   ud/res/flags[*n] when its results are all in (F_MORE: notifications still due) and
+   when its last CQE arrived (no F_MORE). At most one emission per CQE. */
+static void batch_cqe(ul_ring *r, const struct io_uring_cqe *cqe, uint64_t *ud, int32_t *res,
+                      uint32_t *flags, unsigned *n)
+{
+    unsigned slot = (unsigned)(cqe->user_data & 0xffffffffu);
+    if (!r->batches || slot >= UL_BATCH_SLOTS)
+        return;
+    struct ul_batch *b = &r->batches[slot];
+    if (!b->active || b->final)
+        return;
+    if (r->batch_expect)
+        r->batch_expect--;
+    if (cqe->flags & IORING_CQE_F_NOTIF) {
+        if (b->notif_pending)
+            b->notif_pending--;
+        b->notifs++;
+        if ((uint32_t)cqe->res & IORING_NOTIF_USAGE_ZC_COPIED)
+            b->copied++;
+    } else {
+        if (cqe->res >= 0) {
+            b->bytes += cqe->res;
+        } else if (!b->err) {
+            b->err = cqe->res;
+            b->err_idx = b->results;
+        }
+        b->results++;
+        if (cqe->flags & IORING_CQE_F_MORE) {
+            b->notif_pending++;
+            r->batch_expect++;
+        }
+    }
+    if (b->results < b->sqes)
+        return;
+    int32_t v = b->err ? b->err : (int32_t)(b->bytes > INT32_MAX ? INT32_MAX : b->bytes);
+    if (!b->notif_pending) {
+        b->final = 1;
+        b->results_done = 1;
+        ud[*n] = b->ud;
+        res[*n] = v;
+        flags[*n] = 0;
+        (*n)++;
+    } else if (!b->results_done) {
+        b->results_done = 1;
+        ud[*n] = b->ud;
+        res[*n] = v;
+        flags[*n] = IORING_CQE_F_MORE;
+        (*n)++;
+    }
+}
+
 int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
            uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max)
 {
     if (r->forked)
         return -EBADFD;
     recycle_buffers(r);
+    unsigned n = 0;
+again:;
     unsigned ready = cq_ready(r);
-    if (ready)
-        wait_nr = 0;
+    unsigned want = ready ? 0 : wait_nr;
     unsigned sqflags = load_acquire(r->sq_kflags);
-    int need_enter = (r->sqe_tail != r->sqe_flushed) || wait_nr ||
+    int need_enter = (r->sqe_tail != r->sqe_flushed) || want ||
                      (sqflags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) || r->disabled;
     if (need_enter) {
         unsigned eflags = IORING_ENTER_GETEVENTS;
@@ -649,36 +729,74 @@ int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
         struct __kernel_timespec ts;
         void *argp = NULL;
         size_t argsz = 0;
-        if (wait_nr && timeout_ns >= 0 && (r->features & IORING_FEAT_EXT_ARG)) {
+        unsigned min_complete = want;
+        memset(&arg, 0, sizeof(arg));
+        if (want && timeout_ns >= 0) {
             ts.tv_sec = timeout_ns / 1000000000LL;
             ts.tv_nsec = timeout_ns % 1000000000LL;
-            memset(&arg, 0, sizeof(arg));
             arg.ts = (uint64_t)(uintptr_t)&ts;
-            argp = &arg;
-            argsz = sizeof(arg);
-            eflags |= IORING_ENTER_EXT_ARG;
+        }
+        /* Batches in flight: under DEFER_TASKRUN the kernel runs deferred work (the
+         * next link of a chain, a notification) only until min_complete events are
+         * reached, so a hard-linked chain would advance one request per enter. Ask for
+         * the batches' outstanding CQEs: with nothing to wait for, with a zero timeout
+         * (returns at once); when waiting, with a short minimum wait after which any
+         * completion ends the wait (IORING_FEAT_MIN_TIMEOUT, 6.12). */
+        if (r->batch_expect > min_complete && (r->features & IORING_FEAT_EXT_ARG) &&
+            (r->setup_flags & IORING_SETUP_DEFER_TASKRUN)) {
+            unsigned boost = r->batch_expect < r->cq_entries / 2 ? r->batch_expect
+                                                                  : r->cq_entries / 2;
+            if (!want) {
+                ts.tv_sec = 0;
+                ts.tv_nsec = 0;
+                arg.ts = (uint64_t)(uintptr_t)&ts;
+                min_complete = boost;
+            } else if (r->features & IORING_FEAT_MIN_TIMEOUT) {
+                arg.pad = UL_BATCH_MIN_WAIT_US; /* min_wait_usec since 6.12 */
+                min_complete = boost;
+            }
+        }
+        if (arg.ts || arg.pad) {
+            if (r->features & IORING_FEAT_EXT_ARG) {
+                argp = &arg;
+                argsz = sizeof(arg);
+                eflags |= IORING_ENTER_EXT_ARG;
+            } else {
+                min_complete = want;
+            }
         }
         if (sqflags & IORING_SQ_CQ_OVERFLOW)
             r->n_overflow++;
-        int ret = flush_submit(r, wait_nr, eflags, argp, argsz);
+        int ret = flush_submit(r, min_complete, eflags, argp, argsz);
         if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
-            return ret;
+            return n ? (int)n : ret;
+        if (ret == -EINTR)
+            wait_nr = 0; /* a signal: return to Python so its handler runs */
     }
     unsigned head = *r->cq_khead;
     unsigned tail = load_acquire(r->cq_ktail);
-    unsigned n = 0;
+    unsigned seen = 0;
     while (head != tail && n < max) {
         struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
+        head++;
+        seen++;
+        if (cqe->user_data & UL_BATCH_TAG) {
+            batch_cqe(r, cqe, ud, res, flags, &n);
+            continue;
+        }
         ud[n] = cqe->user_data;
         res[n] = cqe->res;
         flags[n] = cqe->flags;
         if ((cqe->flags & IORING_CQE_F_BUFFER) && r->nbufs && r->nrecycle < r->nbufs)
             r->recycle[r->nrecycle++] = (unsigned short)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-        head++;
         n++;
     }
     store_release(r->cq_khead, head);
-    r->n_cqe += n;
+    r->n_cqe += seen;
+    /* Only batch-internal CQEs and the caller waits without a time limit: wait again
+     * rather than wake Python for nothing. */
+    if (!n && seen && wait_nr && timeout_ns < 0)
+        goto again;
     return (int)n;
 }
 
@@ -847,5 +965,102 @@ int ul_prep_read_fixed(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len,
     if (buf_index >= 0)
         sqe->buf_index = (unsigned short)buf_index;
     sqe->user_data = ud;
+    return 0;
+}
+
+
+/* ---- aggregated batches ---- */
+
+int ul_batch_open(ul_ring *r, uint64_t ud)
+{
+    if (!r->batches) {
+        r->batches = calloc(UL_BATCH_SLOTS, sizeof(*r->batches));
+        r->batch_free = malloc(UL_BATCH_SLOTS * sizeof(*r->batch_free));
+        if (!r->batches || !r->batch_free) {
+            free(r->batches);
+            free(r->batch_free);
+            r->batches = NULL;
+            r->batch_free = NULL;
+            return -ENOMEM;
+        }
+        for (unsigned i = 0; i < UL_BATCH_SLOTS; i++)
+            r->batch_free[i] = UL_BATCH_SLOTS - 1 - i;
+        r->nbatch_free = UL_BATCH_SLOTS;
+    }
+    if (!r->nbatch_free)
+        return -EBUSY;
+    unsigned slot = r->batch_free[--r->nbatch_free];
+    struct ul_batch *b = &r->batches[slot];
+    memset(b, 0, sizeof(*b));
+    b->ud = ud;
+    b->active = 1;
+    return (int)slot;
+}
+
+void ul_batch_close(ul_ring *r, int slot, int64_t *out)
+{
+    if (!r->batches || slot < 0 || slot >= UL_BATCH_SLOTS || !r->batches[slot].active)
+        return;
+    struct ul_batch *b = &r->batches[slot];
+    if (out) {
+        out[0] = b->bytes;
+        out[1] = b->err;
+        out[2] = b->err_idx;
+        out[3] = b->results;
+        out[4] = b->notifs;
+        out[5] = b->copied;
+    }
+    if (!b->final) { /* closed early (ring going away): forget what it still expected */
+        unsigned left = b->sqes - b->results + b->notif_pending;
+        r->batch_expect = left < r->batch_expect ? r->batch_expect - left : 0;
+    }
+    b->active = 0;
+    r->batch_free[r->nbatch_free++] = (unsigned)slot;
+}
+
+int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
+                         const uint32_t *lens, const int32_t *buf_index, unsigned n,
+                         const void *addr, unsigned addrlen, unsigned zc_flags, int link_last)
+{
+    if (r->forked)
+        return -EBADFD;
+    if (!r->batches || slot < 0 || slot >= UL_BATCH_SLOTS || !r->batches[slot].active ||
+        r->batches[slot].results_done)
+        return -EINVAL;
+    if (!n)
+        return 0;
+    if (n > r->sq_entries)
+        return -EINVAL;
+    /* all or nothing: never leave half a chain queued */
+    if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries) {
+        flush_submit(r, 0, 0, NULL, 0);
+        if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries)
+            return -EBUSY;
+    }
+    uint64_t tag = UL_BATCH_TAG | (unsigned)slot;
+    for (unsigned i = 0; i < n; i++) {
+        struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+        memset(sqe, 0, sizeof(*sqe));
+        r->sqe_tail++;
+        sqe->opcode = IORING_OP_SEND_ZC;
+        sqe->fd = fd;
+        sqe->addr = addrs[i];
+        sqe->len = lens[i];
+        unsigned fl = zc_flags;
+        if (buf_index[i] >= 0) {
+            fl |= IORING_RECVSEND_FIXED_BUF;
+            sqe->buf_index = (unsigned short)buf_index[i];
+        }
+        sqe->ioprio = (unsigned short)fl;
+        if (addr && addrlen) {
+            sqe->addr2 = (uint64_t)(uintptr_t)addr;
+            sqe->addr_len = (unsigned short)addrlen;
+        }
+        if (i + 1 < n || link_last)
+            sqe->flags = IOSQE_IO_HARDLINK;
+        sqe->user_data = tag;
+    }
+    r->batches[slot].sqes += n;
+    r->batch_expect += n;
     return 0;
 }

@@ -108,4 +108,22 @@ int ul_prep_sendto_zc(ul_ring *r, int fd, uint64_t ud, const void *buf, unsigned
 /* READ_FIXED into a registered buffer (buf_index >= 0), else a plain READ. */
 int ul_prep_read_fixed(ul_ring *r, int fd, uint64_t ud, void *buf, unsigned len, uint64_t off,
                        int buf_index);
+
+/* ---- aggregated batches ----
+   A batch is a group of requests whose completions ul_run accounts in C instead of
+   copying them out: their SQEs carry a tagged user_data (bit 63 + slot), and ul_run
+   emits the batch's own completion (user_data `ud`, res = bytes sent or the first
+   error) twice at most: with IORING_CQE_F_MORE when every result CQE is in but
+   notifications are still due, and without it when the batch's last CQE arrived (a
+   SEND_ZC result with F_MORE promises a notification, one without it does not).
+   ul_batch_open returns the slot (or -EBUSY, -ENOMEM). ul_batch_close frees the slot
+   and copies out [bytes, first error, its index, results, notifications, copied]. */
+int ul_batch_open(ul_ring *r, uint64_t ud);
+void ul_batch_close(ul_ring *r, int slot, int64_t *out);
+/* n SEND_ZC of one batch on `fd`, hard-linked in order (the last one too when
+   link_last), addr/addrlen the sendto destination (NULL/0: connected). buf_index[i] >= 0
+   selects a registered buffer (IORING_RECVSEND_FIXED_BUF). All n or none (-EBUSY). */
+int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
+                         const uint32_t *lens, const int32_t *buf_index, unsigned n,
+                         const void *addr, unsigned addrlen, unsigned zc_flags, int link_last);
 #endif

@@ -12,6 +12,15 @@ chain order and are passed on to the transport's send accounting; the notificati
 result and every notification has arrived, so all its buffers are free; it raises the
 error of the earliest failed datagram. Pool buffers of a batch go back to their pool when
 the batch completes.
+
+Fast path (:class:`ZcPoolBatch`): when every buffer of a ``sendto_zerocopy_many`` call is
+a pool buffer (or a slice of one) of this loop and the transport uses SEND_ZC, the batch
+is one queue entry. One C call (``ul_batch_prep_sendzc``) preps its hard-linked chain of
+SEND_ZC requests with a tagged user_data that ``ul_run`` accounts in C (bytes, first
+error, notifications, copied): Python sees one completion when every result is in (the
+transport's chain accounting, so the next queued sends go out in order) and one when the
+last notification arrived (pool buffers go back, the future resolves). The results are
+the same as on the general path.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from .zerocopy import (
     new_state,
 )
 
-__all__ = ["ZcDatagram", "ZcDatagramBatch", "ZeroCopyDatagramMixin"]
+__all__ = ["ZcDatagram", "ZcDatagramBatch", "ZcPoolBatch", "ZeroCopyDatagramMixin"]
 
 _ECANCELED = -errno.ECANCELED
 # uringloop.transports.datagram, imported on first use: it imports this module, and an
@@ -41,6 +50,12 @@ _ECANCELED = -errno.ECANCELED
 _dgram: Any = None
 _FATAL = frozenset(-e for e in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTSUPP,
                                 errno.EFAULT))
+#: the most datagrams one ZcPoolBatch takes (a larger call uses the general path)
+FAST_MAX = 1024
+_ZcSlice = zcpool.ZeroCopySlice
+_ZcBuffer = zcpool.ZeroCopyBuffer
+_OWNED = zcpool.OWNED
+_IN_FLIGHT = zcpool.IN_FLIGHT
 
 
 class ZcDatagram:
@@ -221,6 +236,178 @@ class ZcDatagramBatch:
         ))
 
 
+class ZcPoolBatch:
+    """A sendto_zerocopy_many call of pool buffers only: one queue entry, one C prep call,
+    completions aggregated in C (see the module docstring)."""
+
+    __slots__ = ("transport", "future", "ud", "slot", "pbufs", "views", "n", "total",
+                 "addrs", "lens", "bidx", "raw", "state", "report_usage", "zc_flags",
+                 "counters", "results_done", "done", "prepped")
+
+    def __init__(self, transport: Any, future: Any, state: ZeroCopyState, pbufs: list[Any],
+                 views: list[memoryview], addrs: list[int], lens: list[int],
+                 bidx: list[int], total: int, slot: int, ud: int) -> None:
+        self.transport = transport
+        self.future = future
+        self.state = state
+        self.pbufs = pbufs
+        self.views = views  # one empty view per region: keeps the mapping alive
+        self.n = len(addrs)
+        self.total = total
+        self.addrs = ffi.new("uint64_t[]", addrs)
+        self.lens = ffi.new("uint32_t[]", lens)
+        self.bidx = ffi.new("int32_t[]", bidx)
+        self.raw: bytes | None = None
+        self.slot = slot
+        self.ud = ud
+        self.report_usage = transport._loop._caps.send_zc_report_usage
+        self.zc_flags = SEND_ZC_REPORT_USAGE if self.report_usage else 0
+        self.counters = transport._loop._zc_counters
+        self.results_done = False
+        self.done = False
+        self.prepped = False
+
+    def __len__(self) -> int:
+        # the transport counts len(entry) + one header per entry; a batch is n datagrams
+        return self.total + (self.n - 1) * _dgram._HEADER_SIZE  # type: ignore[no-any-return]
+
+    def prep(self, ring: Any, fd: int, d: Any, raw: bytes | None, link: bool) -> int:
+        self.raw = raw  # the kernel copies the address at submission; keep it till then
+        if raw is None:
+            rc: int = lib.ul_batch_prep_sendzc(ring, self.slot, fd, self.addrs, self.lens,
+                                               self.bidx, self.n, ffi.NULL, 0, self.zc_flags,
+                                               link)
+        else:
+            rc = lib.ul_batch_prep_sendzc(ring, self.slot, fd, self.addrs, self.lens, self.bidx,
+                                          self.n, raw, len(raw), self.zc_flags, link)
+        if rc == 0:
+            self.prepped = True
+            self.state.zc_sends += self.n
+            self.counters[0] += self.n
+        return rc
+
+    def drop(self, exc: BaseException) -> None:
+        """The transport dropped this batch before sending it."""
+        self._finish(exc)
+
+    def _on_cqe(self, res: int, flags: int) -> None:
+        if not self.results_done:
+            self.results_done = True
+            # the transport's accounting (pops its in-flight entry, queues the next chain);
+            # non-fatal errors are reported through the future, not error_received
+            self.transport._on_send(
+                res if (res >= 0 or res == _ECANCELED or res in _FATAL) else 0, 0)
+        if not flags & F_MORE:
+            self._finish(None)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        ring = self.transport._ring
+        ring.unregister(self.ud)
+        out = ffi.new("int64_t[6]")
+        if not ring.closed:
+            lib.ul_batch_close(ring._ptr, self.slot, out)
+        nbytes, err, notifs, copied = out[0], out[1], out[4], out[5]
+        for pb in self.pbufs:
+            pb._end_send()
+        self.pbufs = []
+        for v in self.views:
+            v.release()
+        self.views = []
+        if notifs:
+            self.counters[1] += notifs
+            if copied:
+                self.counters[2] += copied
+            if self.report_usage:
+                self.state.on_notifications(notifs, copied)
+        fut = self.future
+        if fut.done():
+            return
+        if exc is None and err:
+            exc = OSError(-err, os.strerror(-err))
+        if exc is not None:
+            fut.set_exception(exc)
+            return
+        sends = self.n if self.prepped else 0
+        copied_flag: bool | None
+        if copied:
+            copied_flag = True
+        elif not self.report_usage and sends:
+            copied_flag = None
+        else:
+            copied_flag = False if sends else None
+        fut.set_result(ZeroCopyResult(
+            nbytes=nbytes, sends=sends, notifications=notifs, copied_sends=copied,
+            zerocopy=sends > 0, copied=copied_flag, fallback=None,
+        ))
+
+
+def _pool_batch(t: Any, loop: Any, fut: Any, state: ZeroCopyState,
+                buffers: Any) -> ZcPoolBatch | None:
+    """The fast path of sendto_zerocopy_many, or None when a buffer is not a pool buffer
+    of this loop that can be sent now (the general path then handles, or rejects, it)."""
+    pbufs: list[Any] = []
+    addrs: list[int] = []
+    lens: list[int] = []
+    bidx: list[int] = []
+    views: list[memoryview] = []
+    last_region = None
+    total = 0
+    for data in buffers:
+        tp = type(data)
+        if tp is _ZcSlice:
+            pb = data.buffer
+            start = data.start
+            stop = data.stop
+        elif tp is _ZcBuffer:
+            pb = data
+            start = 0
+            stop = data.size
+        else:
+            return None
+        if pb._pool._loop is not loop or (pb._state != _OWNED and pb._state != _IN_FLIGHT):
+            return None
+        region = pb._region
+        if region is not last_region:
+            last_region = region
+            views.append(region.mv[:0])  # keeps the mapping alive while in flight
+        pbufs.append(pb)
+        addrs.append(region.addr + pb._offset + start)
+        lens.append(stop - start)
+        bidx.append(region.slot)
+        total += stop - start
+    ring = t._ring
+    ud = ring.next_ud()
+    slot: int = lib.ul_batch_open(ring.ptr, ud)
+    if slot < 0:  # every batch slot in use: the general path
+        for v in views:
+            v.release()
+        return None
+    # take the buffers (all or none: a view still exported makes revoking fail)
+    taken = 0
+    try:
+        for pb in pbufs:
+            if pb._state == _OWNED:
+                pb._revoke()
+                pb._state = _IN_FLIGHT
+            pb._inflight += 1
+            taken += 1
+    except BufferError:
+        for pb in pbufs[:taken]:
+            pb._inflight -= 1
+            if not pb._inflight:
+                pb._state = _OWNED
+        for v in views:
+            v.release()
+        lib.ul_batch_close(ring.ptr, slot, ffi.NULL)
+        raise
+    batch = ZcPoolBatch(t, fut, state, pbufs, views, addrs, lens, bidx, total, slot, ud)
+    ring.handlers[ud] = batch._on_cqe
+    return batch
+
+
 class ZeroCopyDatagramMixin(ZeroCopyModeMixin):
     """``sendto_zerocopy`` / ``sendto_zerocopy_many`` for the datagram transport."""
 
@@ -257,6 +444,19 @@ class ZeroCopyDatagramMixin(ZeroCopyModeMixin):
         raw: bytes | None = None
         if not t._extra["peername"]:
             raw = dg.encode_address(t._family, addr)
+        state = self._zc_state()
+        if (state.supported and not (t._conn_lost or t._sock is None or t._closing)
+                and (state.mode == "always" or (state.mode == "auto" and state.active))
+                and type(buffers) in (list, tuple) and 0 < len(buffers) <= FAST_MAX):
+            pbatch = _pool_batch(t, loop, fut, state, buffers)
+            if pbatch is not None:
+                t._queue.append((pbatch, raw))
+                t._buffer_size += pbatch.total + pbatch.n * dg._HEADER_SIZE
+                if not t._inflight and not t._scheduled:
+                    t._scheduled = True
+                    loop._dirty.append(t)
+                t._maybe_pause_protocol()
+                return fut
         # validate everything before taking any pool buffer
         targets: list[tuple[tuple[zcpool.ZeroCopyBuffer, int, int] | None, memoryview | None]] = []
         for data in buffers:
@@ -270,7 +470,7 @@ class ZeroCopyDatagramMixin(ZeroCopyModeMixin):
                             v.release()
                     raise ValueError("this zero-copy buffer belongs to another event loop's pool")
                 targets.append((target, None))
-        batch = ZcDatagramBatch(t, fut, self._zc_state())
+        batch = ZcDatagramBatch(t, fut, state)
         items = batch.items
         for target, view in targets:
             bi = -1

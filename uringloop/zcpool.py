@@ -80,13 +80,14 @@ class _Table:
 
 
 class _Region:
-    __slots__ = ("mm", "cdata", "mv", "slot", "nbytes")
+    __slots__ = ("mm", "cdata", "mv", "slot", "nbytes", "addr")
 
     def __init__(self, nbytes: int, table: _Table) -> None:
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
         self.mm = mmap.mmap(-1, nbytes, flags=flags)
         self.nbytes = nbytes
         self.cdata = ffi.from_buffer("char[]", self.mm, require_writable=True)
+        self.addr: int = int(ffi.cast("uintptr_t", self.cdata))  # for batched sends
         self.mv = memoryview(self.mm)
         self.slot = table.alloc(self.cdata, nbytes)
 

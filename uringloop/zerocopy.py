@@ -329,6 +329,19 @@ class ZeroCopyState:
                 self.active = True
                 self.switches += 1
 
+    def on_notifications(self, n: int, copied: int) -> None:
+        """:meth:`on_notification` for ``n`` notifications of which ``copied`` said
+        copied, in an order not known (an aggregated batch): the copied ones first."""
+        if 0 < copied < n or n <= self.COPIED_STREAK:
+            for i in range(n):
+                self.on_notification(i < copied)
+            return
+        self.notifications += n - 1
+        if copied:
+            self.copied_notifications += n - 1
+            self.streak += n - 1
+        self.on_notification(bool(copied))
+
     def stats(self) -> dict[str, Any]:
         if not self.supported:
             using = "copy"

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _sockaddr
 from .._uring import ffi, lib
-from .._zcdgram import ZcDatagram, ZeroCopyDatagramMixin
+from .._zcdgram import ZcDatagram, ZcPoolBatch, ZeroCopyDatagramMixin
 from ._socket_base import SocketLifecycleMixin
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         for i in range(n):
             data, raw = queue[0]
             d = msgs[i]
-            if type(data) is ZcDatagram:  # sendto_zerocopy: its own user_data and buffer
+            if type(data) is ZcDatagram or type(data) is ZcPoolBatch:  # sendto_zerocopy
                 cdata = None
                 rc = data.prep(ptr, fd, d, raw, i < n - 1)
             else:
@@ -405,7 +405,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._stash.clear()
         for data, _ in self._queue:
             self._buffer_size -= len(data) + _HEADER_SIZE
-            if type(data) is ZcDatagram:
+            if type(data) is ZcDatagram or type(data) is ZcPoolBatch:
                 data.drop(exc or ConnectionAbortedError("transport aborted before sending"))
         self._queue.clear()
         self._closing = True
