@@ -465,7 +465,7 @@ async def test_write_pipe_eagain_falls_back_to_poll(fd_guard):
     tr._size += 6
     tr._send_len = 6
     tr._on_write(-errno.EAGAIN, 0)  # as if the kernel said EAGAIN
-    assert tr._inflight and tr._wpoll_ud
+    assert tr._inflight and tr._poll_ud
     tr.close()
     await asyncio.wait_for(proto.lost, T)
     with os.fdopen(r, "rb") as f:

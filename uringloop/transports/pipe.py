@@ -58,14 +58,15 @@ class _PipeLifecycleMixin:
     """What the read and the write pipe transport share: setup, repr, the unclosed
     warning, protocol access and the ``connection_lost`` steps.
 
-    The transport provides ``_inflight``, ``_ud``, ``_close()`` and, for ``__init__``'s
-    checks, its own error message. (The pipe transports are not slotted.)
+    The transport provides ``_ring``, ``_ud`` (its READ or WRITE), ``_inflight``,
+    ``_poll_ud`` (its readiness poll, or 0) and ``_close()``. (They are not slotted.)
     """
 
     if TYPE_CHECKING:
         _extra: dict[str, Any]  # BaseTransport's, not declared by typeshed
         _ring: Any
         _ud: int
+        _poll_ud: int
         _inflight: bool
 
         def _close(self, exc: BaseException | None) -> None: ...
@@ -98,6 +99,34 @@ class _PipeLifecycleMixin:
             self._loop.call_soon(then)
         if waiter is not None:
             self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def _poll_ready(self, events: int, handler: Callable[[int, int], None]) -> int:
+        """Wait for ``events`` on the pipe with a one-shot poll (``_poll_ud``; it counts as
+        the operation in flight); the prep's return code (< 0: nothing queued)."""
+        ring = self._ring
+        ud = self._poll_ud = ring.register(handler)
+        rc: int = lib.ul_prep_poll(ring.ptr, self._fileno, ud, events, 0)
+        if rc < 0:
+            ring.unregister(ud)
+            self._poll_ud = 0
+        else:
+            self._inflight = True
+        return rc
+
+    def _end_poll(self) -> bool:
+        """The readiness poll completed; False when the transport is gone (its last CQE)."""
+        self._ring.unregister(self._poll_ud)
+        self._poll_ud = 0
+        self._inflight = False
+        if self._pipe is None:
+            self._ring.unregister(self._ud)
+            return False
+        return True
+
+    def _cancel_inflight(self) -> None:
+        """Cancel the READ/WRITE in flight, or the readiness poll standing in for it."""
+        if self._inflight and not self._ring.closed:
+            lib.ul_prep_cancel(self._ring.ptr, self._poll_ud or self._ud, 0)
 
     def _repr_info(self) -> list[str]:
         state = "closed" if self._pipe is None else ("closing" if self._closing else "open")
@@ -227,30 +256,17 @@ class ReadPipeTransport(_PipeLifecycleMixin, transports.ReadTransport):
             self._fatal_error(_os_error(res), "Fatal read error on pipe transport")
 
     def _wait_readable(self) -> None:
-        ring = self._ring
-        self._poll_ud = ring.register(self._on_poll)
-        rc = lib.ul_prep_poll(ring.ptr, self._fileno, self._poll_ud, select.POLLIN, 0)
+        rc = self._poll_ready(select.POLLIN, self._on_poll)
         if rc < 0:
-            ring.unregister(self._poll_ud)
             self._fatal_error(OSError(-rc, os.strerror(-rc)), "cannot queue a pipe poll")
-            return
-        self._inflight = True
 
     def _on_poll(self, res: int, flags: int) -> None:
-        self._ring.unregister(self._poll_ud)
-        self._poll_ud = 0
-        self._inflight = False
-        if self._pipe is None:
-            self._ring.unregister(self._ud)
+        if not self._end_poll():
             return
         if res < 0 and res != _ECANCELED:
             self._fatal_error(_os_error(res), "Fatal poll error on pipe transport")
             return
         self._arm()
-
-    def _cancel_read(self) -> None:
-        if self._inflight and not self._ring.closed:
-            lib.ul_prep_cancel(self._ring.ptr, self._poll_ud or self._ud, 0)
 
     def _on_eof(self) -> None:
         if self._loop.get_debug():
@@ -276,7 +292,7 @@ class ReadPipeTransport(_PipeLifecycleMixin, transports.ReadTransport):
         if not self.is_reading():
             return
         self._paused = True
-        self._cancel_read()
+        self._cancel_inflight()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -318,7 +334,7 @@ class ReadPipeTransport(_PipeLifecycleMixin, transports.ReadTransport):
     def _close(self, exc: BaseException | None) -> None:
         self._closing = True
         self._stash.clear()
-        self._cancel_read()
+        self._cancel_inflight()
         self._schedule_lost(exc)
 
 
@@ -346,7 +362,7 @@ class WritePipeTransport(
         self._size = 0  # bytes written by the protocol, not yet confirmed written
         self._ud = ring.register(self._on_write)
         self._inflight = False  # a WRITE (or its EAGAIN poll) is in the kernel
-        self._wpoll_ud = 0
+        self._poll_ud = 0  # the EAGAIN poll
         self._send_data: Any = None  # the cffi view the WRITE in flight reads from
         self._send_len = 0
         self._head_off = 0  # bytes of queue[0] already written (after short writes)
@@ -473,23 +489,12 @@ class WritePipeTransport(
             self._schedule_lost(None)
 
     def _wait_writable(self) -> None:
-        ring = self._ring
-        self._wpoll_ud = ring.register(self._on_writable)
-        if lib.ul_prep_poll(ring.ptr, self._fileno, self._wpoll_ud, select.POLLOUT, 0) < 0:
-            ring.unregister(self._wpoll_ud)
-            self._wpoll_ud = 0
+        if self._poll_ready(select.POLLOUT, self._on_writable) < 0:
             self._fatal_error(OSError(errno.EBUSY, "cannot queue a pipe poll"))
-            return
-        self._inflight = True
 
     def _on_writable(self, res: int, flags: int) -> None:
-        self._ring.unregister(self._wpoll_ud)
-        self._wpoll_ud = 0
-        self._inflight = False
-        if self._pipe is None:
-            self._ring.unregister(self._ud)
-            return
-        self._flush()
+        if self._end_poll():
+            self._flush()
 
     def can_write_eof(self) -> bool:
         return True
@@ -517,7 +522,6 @@ class WritePipeTransport(
         self._queue.clear()
         self._head_off = 0
         self._size = 0
-        if self._inflight and not self._ring.closed:
-            lib.ul_prep_cancel(self._ring.ptr, self._wpoll_ud or self._ud, 0)
+        self._cancel_inflight()
         self._cancel_peer_poll()
         self._schedule_lost(exc)
