@@ -310,8 +310,7 @@ class ZcPoolBatch:
         if not ring.closed:
             lib.ul_batch_close(ring._ptr, self.slot, out)
         nbytes, err, notifs, copied = out[0], out[1], out[4], out[5]
-        for pb in self.pbufs:
-            pb._end_send()
+        zcpool.end_sends(self.pbufs)
         self.pbufs = []
         for v in self.views:
             v.release()
@@ -347,65 +346,80 @@ class ZcPoolBatch:
 def _pool_batch(t: Any, loop: Any, fut: Any, state: ZeroCopyState,
                 buffers: Any) -> ZcPoolBatch | None:
     """The fast path of sendto_zerocopy_many, or None when a buffer is not a pool buffer
-    of this loop that can be sent now (the general path then handles, or rejects, it)."""
+    of this loop that can be sent now (the general path then handles, or rejects, it).
+    Each buffer is taken (revoked, in flight) as it is checked; all are given back if
+    one does not qualify."""
     pbufs: list[Any] = []
     addrs: list[int] = []
     lens: list[int] = []
     bidx: list[int] = []
     views: list[memoryview] = []
-    last_region = None
+    add_pbuf, add_addr, add_len, add_bidx = pbufs.append, addrs.append, lens.append, bidx.append
+    last_region: Any = None
+    base = slot = 0
     total = 0
+    ok = True
     for data in buffers:
         tp = type(data)
         if tp is _ZcSlice:
             pb = data.buffer
             start = data.start
-            stop = data.stop
+            n = data.stop - start
         elif tp is _ZcBuffer:
             pb = data
             start = 0
-            stop = data.size
+            n = data.size
         else:
-            return None
-        if pb._pool._loop is not loop or (pb._state != _OWNED and pb._state != _IN_FLIGHT):
-            return None
+            ok = False
+            break
+        st = pb._state
+        if st != _IN_FLIGHT:
+            if st != _OWNED or pb._pool._loop is not loop:
+                ok = False
+                break
+            if pb._view is not None:
+                try:
+                    pb._revoke()
+                except BufferError:
+                    _give_back(pbufs, views)
+                    raise
+            pb._state = _IN_FLIGHT
+        elif pb._pool._loop is not loop:
+            ok = False
+            break
+        pb._inflight += 1
+        add_pbuf(pb)
         region = pb._region
         if region is not last_region:
             last_region = region
+            base = region.addr
+            slot = region.slot
             views.append(region.mv[:0])  # keeps the mapping alive while in flight
-        pbufs.append(pb)
-        addrs.append(region.addr + pb._offset + start)
-        lens.append(stop - start)
-        bidx.append(region.slot)
-        total += stop - start
-    ring = t._ring
-    ud = ring.next_ud()
-    slot: int = lib.ul_batch_open(ring.ptr, ud)
-    if slot < 0:  # every batch slot in use: the general path
-        for v in views:
-            v.release()
-        return None
-    # take the buffers (all or none: a view still exported makes revoking fail)
-    taken = 0
-    try:
-        for pb in pbufs:
-            if pb._state == _OWNED:
-                pb._revoke()
-                pb._state = _IN_FLIGHT
-            pb._inflight += 1
-            taken += 1
-    except BufferError:
-        for pb in pbufs[:taken]:
-            pb._inflight -= 1
-            if not pb._inflight:
-                pb._state = _OWNED
-        for v in views:
-            v.release()
-        lib.ul_batch_close(ring.ptr, slot, ffi.NULL)
-        raise
-    batch = ZcPoolBatch(t, fut, state, pbufs, views, addrs, lens, bidx, total, slot, ud)
-    ring.handlers[ud] = batch._on_cqe
-    return batch
+        add_addr(base + pb._offset + start)
+        add_len(n)
+        add_bidx(slot)
+        total += n
+    if ok:
+        ring = t._ring
+        ud = ring.next_ud()
+        bslot: int = lib.ul_batch_open(ring.ptr, ud)
+        if bslot >= 0:
+            batch = ZcPoolBatch(t, fut, state, pbufs, views, addrs, lens, bidx, total, bslot,
+                                ud)
+            ring.handlers[ud] = batch._on_cqe
+            return batch
+    _give_back(pbufs, views)  # not all pool buffers, or every batch slot in use
+    return None
+
+
+def _give_back(pbufs: list[Any], views: list[memoryview]) -> None:
+    """Undo _pool_batch's taking of ``pbufs`` (their bytes were never handed over)."""
+    for pb in pbufs:
+        pb._inflight -= 1
+        if not pb._inflight:
+            pb._state = _OWNED
+    for v in views:
+        v.release()
 
 
 class ZeroCopyDatagramMixin(ZeroCopyModeMixin):

@@ -167,6 +167,11 @@ class ZeroCopyBuffer:
         return self._view
 
     def __getitem__(self, key: slice) -> ZeroCopySlice:
+        if type(key) is slice:
+            start, stop = key.start, key.stop
+            if (key.step is None and type(stop) is int and 0 <= stop <= self.size
+                    and (start is None or (type(start) is int and 0 <= start <= stop))):
+                return ZeroCopySlice(self, start or 0, stop)  # buf[:n], buf[a:b]: in range
         if not isinstance(key, slice):
             raise TypeError("index a ZeroCopyBuffer with a slice (buf[:n]) to send part of it")
         start, stop, step = key.indices(self.size)
@@ -260,6 +265,24 @@ class ZeroCopyBuffer:
             self._pool._put_back(self._region, self._offset)
 
 
+def end_sends(pbufs: list[ZeroCopyBuffer]) -> None:
+    """``_end_send()`` of each buffer, with one put-back per pool (a zero-copy batch)."""
+    back: list[tuple[_Region, int]] = []
+    pool: Any = None
+    for pb in pbufs:
+        pb._inflight -= 1
+        if pb._inflight == 0 and pb._state == IN_FLIGHT:
+            pb._state = RETURNED
+            if pb._pool is not pool:
+                if back:
+                    pool._put_back_many(back)
+                    back = []
+                pool = pb._pool
+            back.append((pb._region, pb._offset))
+    if back:
+        pool._put_back_many(back)
+
+
 def send_target(data: Any) -> tuple[ZeroCopyBuffer, int, int] | None:
     """(buffer, start, stop) when ``data`` is a pool buffer or a slice of one."""
     t = type(data)
@@ -330,6 +353,10 @@ class ZeroCopyBufferPool:
 
     def acquire(self) -> ZeroCopyBuffer:
         """A free buffer (grows the pool if allowed); BufferError when none is left."""
+        free = self._free
+        if free and not self._closed:
+            region, off = free.popleft()
+            return ZeroCopyBuffer(self, region, off)
         if self._closed:
             raise RuntimeError("the zero-copy buffer pool is closed")
         if not self._free:
@@ -365,6 +392,21 @@ class ZeroCopyBufferPool:
             if not w.done():
                 w.set_result(None)
                 break
+
+    def _put_back_many(self, items: list[tuple[_Region, int]]) -> None:
+        if self._closed:
+            self._maybe_free()
+            return
+        self._free.extend(items)
+        waiters = self._waiters
+        for _ in items:
+            while waiters:
+                w = waiters.popleft()
+                if not w.done():
+                    w.set_result(None)
+                    break
+            else:
+                return
 
     def stats(self) -> dict[str, Any]:
         return {"buffers": self._count, "free": len(self._free),
