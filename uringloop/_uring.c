@@ -1020,7 +1020,8 @@ void ul_batch_close(ul_ring *r, int slot, int64_t *out)
 
 int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
                          const uint32_t *lens, const int32_t *buf_index, unsigned n,
-                         const void *addr, unsigned addrlen, unsigned zc_flags, int link_last)
+                         unsigned len0, int bidx0, const void *addr, unsigned addrlen,
+                         unsigned zc_flags, int link_last)
 {
     if (r->forked)
         return -EBADFD;
@@ -1045,11 +1046,12 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
         sqe->opcode = IORING_OP_SEND_ZC;
         sqe->fd = fd;
         sqe->addr = addrs[i];
-        sqe->len = lens[i];
+        sqe->len = lens ? lens[i] : len0;
         unsigned fl = zc_flags;
-        if (buf_index[i] >= 0) {
+        int bi = buf_index ? buf_index[i] : bidx0;
+        if (bi >= 0) {
             fl |= IORING_RECVSEND_FIXED_BUF;
-            sqe->buf_index = (unsigned short)buf_index[i];
+            sqe->buf_index = (unsigned short)bi;
         }
         sqe->ioprio = (unsigned short)fl;
         if (addr && addrlen) {

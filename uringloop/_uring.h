@@ -122,8 +122,10 @@ int ul_batch_open(ul_ring *r, uint64_t ud);
 void ul_batch_close(ul_ring *r, int slot, int64_t *out);
 /* n SEND_ZC of one batch on `fd`, hard-linked in order (the last one too when
    link_last), addr/addrlen the sendto destination (NULL/0: connected). buf_index[i] >= 0
-   selects a registered buffer (IORING_RECVSEND_FIXED_BUF). All n or none (-EBUSY). */
+   selects a registered buffer (IORING_RECVSEND_FIXED_BUF). lens NULL: every length is
+   len0; buf_index NULL: every index is bidx0. All n or none (-EBUSY). */
 int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
                          const uint32_t *lens, const int32_t *buf_index, unsigned n,
-                         const void *addr, unsigned addrlen, unsigned zc_flags, int link_last);
+                         unsigned len0, int bidx0, const void *addr, unsigned addrlen,
+                         unsigned zc_flags, int link_last);
 #endif

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+from array import array
 from typing import Any
 
 from . import zcpool
@@ -241,12 +242,13 @@ class ZcPoolBatch:
     completions aggregated in C (see the module docstring)."""
 
     __slots__ = ("transport", "future", "ud", "slot", "pbufs", "views", "n", "total",
-                 "addrs", "lens", "bidx", "raw", "state", "report_usage", "zc_flags",
+                 "addrs", "lens", "bidx", "len0", "bidx0", "raw", "state", "report_usage",
+                 "zc_flags",
                  "counters", "results_done", "done", "prepped")
 
     def __init__(self, transport: Any, future: Any, state: ZeroCopyState, pbufs: list[Any],
-                 views: list[memoryview], addrs: list[int], lens: list[int],
-                 bidx: list[int], total: int, slot: int, ud: int) -> None:
+                 views: list[memoryview], addrs: array[int], lens: Any, bidx: Any, len0: int,
+                 bidx0: int, total: int, slot: int, ud: int) -> None:
         self.transport = transport
         self.future = future
         self.state = state
@@ -254,9 +256,11 @@ class ZcPoolBatch:
         self.views = views  # one empty view per region: keeps the mapping alive
         self.n = len(addrs)
         self.total = total
-        self.addrs = ffi.new("uint64_t[]", addrs)
-        self.lens = ffi.new("uint32_t[]", lens)
-        self.bidx = ffi.new("int32_t[]", bidx)
+        self.addrs = addrs
+        self.lens = lens  # per-datagram arrays, or NULL: every one is len0 / bidx0
+        self.bidx = bidx
+        self.len0 = len0
+        self.bidx0 = bidx0
         self.raw: bytes | None = None
         self.slot = slot
         self.ud = ud
@@ -273,13 +277,16 @@ class ZcPoolBatch:
 
     def prep(self, ring: Any, fd: int, d: Any, raw: bytes | None, link: bool) -> int:
         self.raw = raw  # the kernel copies the address at submission; keep it till then
+        addrs = ffi.from_buffer("uint64_t[]", self.addrs)
         if raw is None:
-            rc: int = lib.ul_batch_prep_sendzc(ring, self.slot, fd, self.addrs, self.lens,
-                                               self.bidx, self.n, ffi.NULL, 0, self.zc_flags,
-                                               link)
+            rc: int = lib.ul_batch_prep_sendzc(ring, self.slot, fd, addrs, self.lens, self.bidx,
+                                               self.n, self.len0, self.bidx0, ffi.NULL, 0,
+                                               self.zc_flags, link)
         else:
-            rc = lib.ul_batch_prep_sendzc(ring, self.slot, fd, self.addrs, self.lens, self.bidx,
-                                          self.n, raw, len(raw), self.zc_flags, link)
+            rc = lib.ul_batch_prep_sendzc(ring, self.slot, fd, addrs, self.lens, self.bidx,
+                                          self.n, self.len0, self.bidx0, raw, len(raw),
+                                          self.zc_flags, link)
+        ffi.release(addrs)
         if rc == 0:
             self.prepped = True
             self.state.zc_sends += self.n
@@ -351,12 +358,12 @@ def _pool_batch(t: Any, loop: Any, fut: Any, state: ZeroCopyState,
     one does not qualify."""
     pbufs: list[Any] = []
     addrs: list[int] = []
-    lens: list[int] = []
-    bidx: list[int] = []
     views: list[memoryview] = []
-    add_pbuf, add_addr, add_len, add_bidx = pbufs.append, addrs.append, lens.append, bidx.append
+    add_pbuf, add_addr = pbufs.append, addrs.append
     last_region: Any = None
-    base = slot = 0
+    base = 0
+    len0 = bidx0 = -1
+    uniform = True  # one length, one registered slot: no per-datagram arrays
     total = 0
     ok = True
     for data in buffers:
@@ -391,21 +398,31 @@ def _pool_batch(t: Any, loop: Any, fut: Any, state: ZeroCopyState,
         add_pbuf(pb)
         region = pb._region
         if region is not last_region:
+            if last_region is None:
+                bidx0 = region.slot
+                len0 = n
+            elif region.slot != bidx0:
+                uniform = False
             last_region = region
             base = region.addr
-            slot = region.slot
             views.append(region.mv[:0])  # keeps the mapping alive while in flight
+        if n != len0:
+            uniform = False
         add_addr(base + pb._offset + start)
-        add_len(n)
-        add_bidx(slot)
         total += n
     if ok:
         ring = t._ring
         ud = ring.next_ud()
         bslot: int = lib.ul_batch_open(ring.ptr, ud)
         if bslot >= 0:
-            batch = ZcPoolBatch(t, fut, state, pbufs, views, addrs, lens, bidx, total, bslot,
-                                ud)
+            if uniform:
+                lens: Any = ffi.NULL
+                bidx: Any = ffi.NULL
+            else:
+                lens = ffi.new("uint32_t[]", [len(b) for b in buffers])
+                bidx = ffi.new("int32_t[]", [pb._region.slot for pb in pbufs])
+            batch = ZcPoolBatch(t, fut, state, pbufs, views, array("Q", addrs), lens, bidx,
+                                len0, bidx0, total, bslot, ud)
             ring.handlers[ud] = batch._on_cqe
             return batch
     _give_back(pbufs, views)  # not all pool buffers, or every batch slot in use
