@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging check: `python -m build` makes an sdist (with the C sources) and a wheel; the
 # wheel, and the sdist built from scratch, each install into a fresh venv and pass a
-# smoke test (import, version, an echo round trip on uringloop, `python -m uringloop info`).
+# smoke test (import, version, an echo round trip on uringloop, `python -m uringloop info`;
+# the wheel also runs the README's echo demo).
 # Usage: tools/check_packaging.sh [PYTHON]   (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,11 @@ for kind in wheel sdist; do
   "$work/$kind-env/bin/pip" install -q "$art"
   (cd "$work" && "$work/$kind-env/bin/python" -c "$smoke")
   (cd "$work" && "$work/$kind-env/bin/python" -m uringloop info >/dev/null)
+  if [ "$kind" = wheel ]; then
+    # the README's demo, against the installed package (examples/ is not in the wheel)
+    "$work/$kind-env/bin/python" examples/echo_demo.py -d 0.5 | tee "$work/demo.txt"
+    grep -q "every echo verified" "$work/demo.txt" || { echo "demo failed" >&2; exit 1; }
+  fi
   echo "$kind: installed and smoke-tested"
 done
 echo "packaging check passed"
