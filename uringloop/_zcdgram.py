@@ -381,9 +381,12 @@ def _pool_batch(t: Any, loop: Any, fut: Any, state: ZeroCopyState,
             break
         st = pb._state
         if st != _IN_FLIGHT:
-            if st != _OWNED or pb._pool._loop is not loop:
+            if pb._pool._loop is not loop:
                 ok = False
                 break
+            if st != _OWNED:  # returned, or a read in flight
+                _give_back(pbufs, views)
+                pb._check_owned()
             if pb._view is not None:
                 try:
                     pb._revoke()
