@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
         return [(w.category.__name__, str(w.message), w.filename) for w in caught]
 
     try:
-        uringloop.new_event_loop()
+        uringloop.new_event_loop().close()
         out["strict"] = "no error"
     except uringloop.UnsupportedError as exc:
         out["strict"] = {"errno": exc.errno, "message": str(exc),
