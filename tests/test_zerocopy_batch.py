@@ -282,3 +282,39 @@ async def test_pool_batch_rejections(fd_guard):
     assert pool.stats()["free"] == 4  # given back with the error
     rt.close()
     pool.close()
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+async def test_mixed_batch_rejection_takes_nothing(mode, fd_guard):
+    """General path (pool buffers mixed with bytes): a later pool buffer that cannot be
+    sent raises and gives back the pool buffers taken before it."""
+    loop = asyncio.get_running_loop()
+    pool = loop.zerocopy_buffers(4, 4096)
+    rt, sink, st, sp, addr = await pair(True)
+    st.set_zerocopy_mode(mode)
+    b = pool.acquire()
+    b.release()
+    ok = pool.acquire()
+    ok[:2] = b"ok"
+    with pytest.raises(BufferError):  # a returned handle after a good one
+        st.sendto_zerocopy_many([ok[:10], b"plain", b[:10]])
+    assert not ok.in_flight
+    ok[:2] = b"hi"  # still owned and writable
+    held = pool.acquire()
+    export = uringloop.zcpool.ffi.from_buffer(held.view)
+    with pytest.raises(BufferError, match="exported"):
+        st.sendto_zerocopy_many([ok, bytearray(b"x"), ok[:5], held[:10]])
+    assert not ok.in_flight and not held.in_flight
+    uringloop.zcpool.ffi.release(export)
+    assert st.get_write_buffer_size() == 0
+    # the buffers still work: send them and get them back
+    held[:3] = b"abc"
+    got = sink.expect(3)
+    res = await asyncio.wait_for(st.sendto_zerocopy_many([ok[:2], b"plain", held[:3]]), T)
+    assert res.sends == 3
+    await asyncio.wait_for(got, T)
+    assert sink.got[-3:] == [b"hi", b"plain", b"abc"]
+    assert pool.stats()["free"] == 4
+    st.close()
+    rt.close()
+    pool.close()

@@ -506,16 +506,32 @@ class ZeroCopyDatagramMixin(ZeroCopyModeMixin):
                 targets.append((target, None))
         batch = ZcDatagramBatch(t, fut, state)
         items = batch.items
-        for target, view in targets:
-            bi = -1
-            ptr = None
-            if target is not None:
-                pbuf, start, stop = target
-                view, bi = pbuf._begin_send(loop, start, stop)
-                ptr = pbuf._region.cdata + (pbuf._offset + start)
-                batch.pbufs.append(pbuf)
-            assert view is not None  # each target is (pool buffer, None) or (None, view)
-            items.append(ZcDatagram(batch, view, bi, ptr))
+        try:
+            for target, view in targets:
+                bi = -1
+                ptr = None
+                if target is not None:
+                    pbuf, start, stop = target
+                    view, bi = pbuf._begin_send(loop, start, stop)
+                    batch.pbufs.append(pbuf)
+                    ptr = pbuf._region.cdata + (pbuf._offset + start)
+                assert view is not None  # each target is (pool buffer, None) or (None, view)
+                items.append(ZcDatagram(batch, view, bi, ptr))
+        except BaseException:
+            # all or nothing: a buffer that cannot be sent (returned, exported, already
+            # being read) gives back the pool buffers taken before it, untouched
+            t._ring.unregister(batch.ud)
+            for item in items:
+                if item.owned_cdata is not None:
+                    ffi.release(item.owned_cdata)
+                item.view.release()
+            for _, view in targets:
+                if view is not None:
+                    view.release()
+            _give_back(batch.pbufs, [])
+            batch.items = []
+            batch.pbufs = []
+            raise
         batch.total = len(items)
         if t._conn_lost or t._sock is None or t._closing:
             exc = ConnectionResetError(errno.ECONNRESET, "transport is closing")
