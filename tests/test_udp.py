@@ -7,6 +7,7 @@ differ (the stdlib sends synchronously from ``sendto()``), the common behaviour 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import tempfile
@@ -534,3 +535,71 @@ async def test_sock_ipv6(fd_guard):
     with _udp("::1", socket.AF_INET6) as a, _udp("::1", socket.AF_INET6) as b:
         assert await loop.sock_sendto(a, b"v6", ("::1", b.getsockname()[1])) == 2
         assert await asyncio.wait_for(loop.sock_recvfrom(b, 10), T) == (b"v6", a.getsockname())
+
+
+async def test_sendto_chain_errors_reported_in_order_and_rest_sent(fd_guard):
+    """Failed datagrams of one flushed chain each go to error_received, in order, and
+    the datagrams after them still go out (the last one of the chain failing too)."""
+    st, sp = await endpoint(local_addr=("127.0.0.1", 0))
+    ct, cp = await endpoint(family=socket.AF_INET)
+    addr = st.get_extra_info("sockname")
+    big = b"x" * 65508  # over the largest UDP/IPv4 payload: EMSGSIZE
+    for data in (b"a", big, b"b", b"c", big, b"d", big):  # one loop iteration: one chain
+        ct.sendto(data, addr)
+    await wait_until(lambda: len(sp.datagrams) == 4 and len(cp.errors) == 3)
+    assert [d for d, _ in sp.datagrams] == [b"a", b"b", b"c", b"d"]
+    assert all(isinstance(e, OSError) and e.errno == errno.EMSGSIZE for e in cp.errors)
+    await wait_until(lambda: ct.get_write_buffer_size() == 0)
+    assert not ct.is_closing() and not cp.lost
+    ct.sendto(b"after", addr)
+    await wait_until(lambda: len(sp.datagrams) == 5)
+    await close(ct, cp)
+    await close(st, sp)
+
+
+async def test_sendto_chains_need_few_enters(fd_guard):
+    """A chain of plain sendto() datagrams completes in about one io_uring_enter, not
+    one per datagram (its hard links advance within one enter)."""
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "stats"):
+        pytest.skip("not uringloop")
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # read after, outside the loop
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.bind(("127.0.0.1", 0))
+    ct, cp = await endpoint(remote_addr=rx.getsockname())
+    e0 = loop.stats()["enters"]
+    for i in range(20):
+        for j in range(32):
+            ct.sendto(bytes([i, j]) * 500)
+        await wait_until(lambda: ct.get_write_buffer_size() == 0)
+    enters = loop.stats()["enters"] - e0
+    assert enters < 20 * 32 // 4, enters
+    rx.settimeout(T)
+    got = [rx.recv(2000)[:2] for _ in range(20 * 32)]
+    assert got == [bytes([i, j]) for i in range(20) for j in range(32)]
+    rx.close()
+    await close(ct, cp)
+
+
+@pytest.mark.parametrize("submitted", [False, True])
+async def test_abort_and_close_with_chains_in_flight(submitted, fd_guard):
+    st, sp = await endpoint(local_addr=("127.0.0.1", 0))
+    st.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    addr = st.get_extra_info("sockname")
+    for how in ("abort", "close"):
+        ct, cp = await endpoint(remote_addr=addr)
+        for i in range(100):  # several chains
+            ct.sendto(i.to_bytes(2, "big") * 100)
+        if submitted:
+            await asyncio.sleep(0)  # the first chain goes to the kernel
+        getattr(ct, how)()
+        assert await asyncio.wait_for(cp.lost_fut, T) is None
+        assert ct.get_write_buffer_size() == 0
+        assert cp.events.count("lost") == 1 and not cp.errors
+    if not submitted:
+        # close() sends what was queued, in order (abort() before: nothing)
+        last = (99).to_bytes(2, "big") * 100
+        await wait_until(lambda: len(sp.datagrams) >= 100 and sp.datagrams[-1][0] == last)
+        assert [d for d, _ in sp.datagrams[-100:]] == [
+            i.to_bytes(2, "big") * 100 for i in range(100)]
+    await close(st, sp)

@@ -54,6 +54,7 @@ struct ul_batch {
     uint32_t notifs;       /* notifications seen */
     uint32_t copied;       /* of which reported IORING_NOTIF_USAGE_ZC_COPIED */
     uint8_t active, results_done, final;
+    uint8_t pass_errors;   /* emit each failed result on its own (ul_batch_prep_sendmsg) */
 };
 
 #define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -681,9 +682,27 @@ static void batch_cqe(ul_ring *r, const struct io_uring_cqe *cqe, uint64_t *ud, 
     } else {
         if (cqe->res >= 0) {
             b->bytes += cqe->res;
-        } else if (!b->err) {
-            b->err = cqe->res;
-            b->err_idx = b->results;
+        } else {
+            if (!b->err) {
+                b->err = cqe->res;
+                b->err_idx = b->results;
+            }
+            if (b->pass_errors) {
+                /* each failed result on its own, in chain order; the last one is also
+                   the batch's completion (no F_MORE) */
+                b->results++;
+                ud[*n] = b->ud;
+                res[*n] = cqe->res;
+                if (b->results < b->sqes) {
+                    flags[*n] = UL_BATCH_F_ERROR | IORING_CQE_F_MORE;
+                } else {
+                    b->final = 1;
+                    b->results_done = 1;
+                    flags[*n] = UL_BATCH_F_ERROR;
+                }
+                (*n)++;
+                return;
+            }
         }
         b->results++;
         if (cqe->flags & IORING_CQE_F_MORE) {
@@ -694,6 +713,8 @@ static void batch_cqe(ul_ring *r, const struct io_uring_cqe *cqe, uint64_t *ud, 
     if (b->results < b->sqes)
         return;
     int32_t v = b->err ? b->err : (int32_t)(b->bytes > INT32_MAX ? INT32_MAX : b->bytes);
+    if (b->pass_errors)
+        v = (int32_t)(b->bytes > INT32_MAX ? INT32_MAX : b->bytes); /* errors went out */
     if (!b->notif_pending) {
         b->final = 1;
         b->results_done = 1;
@@ -1062,6 +1083,43 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
             sqe->flags = IOSQE_IO_HARDLINK;
         sqe->user_data = tag;
     }
+    r->batches[slot].sqes += n;
+    r->batch_expect += n;
+    return 0;
+}
+
+int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n, int link_last)
+{
+    if (r->forked)
+        return -EBADFD;
+    if (!r->batches || slot < 0 || slot >= UL_BATCH_SLOTS || !r->batches[slot].active ||
+        r->batches[slot].results_done)
+        return -EINVAL;
+    if (!n)
+        return 0;
+    if (n > r->sq_entries)
+        return -EINVAL;
+    /* all or nothing: never leave half a chain queued */
+    if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries) {
+        flush_submit(r, 0, 0, NULL, 0);
+        if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries)
+            return -EBUSY;
+    }
+    uint64_t tag = UL_BATCH_TAG | (unsigned)slot;
+    for (unsigned i = 0; i < n; i++) {
+        struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+        memset(sqe, 0, sizeof(*sqe));
+        r->sqe_tail++;
+        sqe->opcode = IORING_OP_SENDMSG;
+        sqe->fd = fd;
+        sqe->addr = (uint64_t)(uintptr_t)&d[i].msg;
+        sqe->len = 1;
+        sqe->msg_flags = MSG_NOSIGNAL;
+        if (i + 1 < n || link_last)
+            sqe->flags = IOSQE_IO_HARDLINK;
+        sqe->user_data = tag;
+    }
+    r->batches[slot].pass_errors = 1;
     r->batches[slot].sqes += n;
     r->batch_expect += n;
     return 0;

@@ -128,4 +128,11 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
                          const uint32_t *lens, const int32_t *buf_index, unsigned n,
                          unsigned len0, int bidx0, const void *addr, unsigned addrlen,
                          unsigned zc_flags, int link_last);
+/* n SENDMSG of one batch on `fd`, the msghdrs of the consecutive blocks d[0..n-1]
+   (ul_dgram_set_send), hard-linked in order (the last one too when link_last). Each
+   failed result is emitted on its own, in order: res < 0 with UL_BATCH_F_ERROR, and
+   IORING_CQE_F_MORE unless it is the batch's last result; a batch whose last result
+   succeeded completes with res = bytes sent and no flags. All n or none (-EBUSY). */
+#define UL_BATCH_F_ERROR (1U << 20)
+int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n, int link_last);
 #endif

@@ -16,6 +16,12 @@ send user_data. The next chain is queued only when the previous one has complete
 datagrams never reorder. Each datagram's bytes and its ``ul_dgram`` block stay referenced
 (``_inflight``) until its completion.
 
+A chain of two plain datagrams or more is an aggregated batch (``ul_batch_prep_sendmsg``,
+as the zero-copy pool batches): its results are counted in C, Python gets each failed
+datagram (in order) and one completion for the chain, and ``ul_run`` asks the kernel for
+the chain's outstanding completions as ``min_complete``: under DEFER_TASKRUN a
+hard-linked chain would otherwise advance one link per ``io_uring_enter``.
+
 Errors: an ``OSError`` from a receive or a send (ICMP errors such as ``ECONNREFUSED`` on
 a connected socket) goes to ``protocol.error_received`` and the transport goes on, as in
 asyncio; the send that failed is dropped. Errors that would repeat forever (a bad fd)
@@ -50,6 +56,8 @@ __all__ = ["DatagramTransport", "encode_address", "DGRAM_SIZE"]
 MAX_BATCH = 32
 DGRAM_SIZE: int = lib.ul_dgram_size()
 _ECANCELED = -errno.ECANCELED
+_F_MORE = 2  # IORING_CQE_F_MORE
+_F_BATCH_ERROR = 1 << 20  # UL_BATCH_F_ERROR (_uring.h): one failed datagram of a chain
 _EINTR = -errno.EINTR
 _EAGAIN = -errno.EAGAIN
 # errors that would come back on every re-armed receive: fatal, not error_received()
@@ -136,6 +144,22 @@ def decode_name(d: Any) -> Any:
     return _sockaddr.decode(raw)
 
 
+class _Chain:
+    """A flushed chain of plain ``sendto()`` datagrams: one aggregated batch (see
+    ``ul_batch_prep_sendmsg``), one entry of the transport's ``_inflight``."""
+
+    __slots__ = ("cdatas", "slot", "size")
+
+    def __init__(self, cdatas: list[Any], slot: int, size: int) -> None:
+        self.cdatas = cdatas  # the datagrams' buffers, exported until the chain completes
+        self.slot = slot
+        self.size = size
+
+    def __len__(self) -> int:
+        # the transport counts len(entry) + one header per entry; a chain is n datagrams
+        return self.size
+
+
 def new_dgrams(n: int) -> tuple[Any, list[Any]]:
     """``n`` ``ul_dgram`` blocks in one allocation: (owner, [pointers])."""
     block = ffi.new("char[]", DGRAM_SIZE * n)
@@ -185,6 +209,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._ring = ring
         self._recv_ud = ring.register(self._on_recv)
         self._send_ud = ring.register(self._on_send)
+        self._chain_ud = ring.register(self._on_chain)
         # read side: the buffer and msghdr the armed RECVMSG writes into
         size = 65536 if self._family in (socket.AF_INET, socket.AF_INET6) else self.max_size
         self._rbuf = bytearray(size)
@@ -196,7 +221,8 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._stash: deque[tuple[bytes, Any]] = deque()
         # write side
         self._queue: deque[tuple[bytes, bytes | None]] = deque()
-        self._inflight: deque[tuple[bytes, Any]] = deque()  # (data, cdata) per SENDMSG
+        # (data, cdata) per SENDMSG, or (_Chain, None) per aggregated chain
+        self._inflight: deque[tuple[Any, Any]] = deque()
         self._sblock, self._smsgs = new_dgrams(MAX_BATCH)
         self._buffer_size = 0
         self._scheduled = False
@@ -338,6 +364,11 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             return
         queue, inflight, msgs = self._queue, self._inflight, self._smsgs
         ptr, fd, ud = self._ring.ptr, self._fd, self._send_ud
+        # two plain datagrams or more: one aggregated chain (a single one gains nothing
+        # from it: no link to advance, and the batch slot costs more than it saves)
+        if (len(queue) > 1 and type(queue[0][0]) is bytes and type(queue[1][0]) is bytes
+                and self._flush_chain(ptr, fd, queue, msgs)):
+            return
         n = min(len(queue), MAX_BATCH)
         for i in range(n):
             data, raw = queue[0]
@@ -361,16 +392,82 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             queue.popleft()
             inflight.append((data, cdata))
 
-    def _on_send(self, res: int, flags: int) -> None:
-        data, _ = self._inflight.popleft()
-        self._buffer_size -= len(data) + _HEADER_SIZE
+    def _flush_chain(self, ptr: Any, fd: int, queue: Any, msgs: list[Any]) -> bool:
+        """Send the leading plain datagrams of the queue (up to MAX_BATCH) as one
+        aggregated batch: its results are counted in C and ``ul_run`` asks the kernel for
+        all of them in one io_uring_enter (a hard-linked chain otherwise advances one
+        link per enter under DEFER_TASKRUN). Python sees each failed datagram, in order,
+        and one completion for the chain. False: no batch slot, use the plain path."""
+        slot = lib.ul_batch_open(ptr, self._chain_ud)
+        if slot < 0:
+            return False
+        cdatas = []
+        size = 0
+        n = 0
+        for data, raw in queue:
+            if type(data) is not bytes or n == MAX_BATCH:
+                break
+            cdata = ffi.from_buffer(data)
+            nb = len(data)
+            if raw is None:
+                lib.ul_dgram_set_send(msgs[n], cdata, nb, ffi.NULL, 0)
+            else:
+                lib.ul_dgram_set_send(msgs[n], cdata, nb, raw, len(raw))
+            cdatas.append(cdata)
+            size += nb + _HEADER_SIZE
+            n += 1
+        rc = lib.ul_batch_prep_sendmsg(ptr, slot, fd, msgs[0], n, 0)
+        if rc < 0:
+            lib.ul_batch_close(ptr, slot, ffi.NULL)
+            for cdata in cdatas:
+                ffi.release(cdata)
+            if rc != -errno.EBUSY:
+                return False
+            # no room for the whole chain in the SQ: try again next iteration
+            self._scheduled = True
+            self._loop._dirty.append(self)
+            return True
+        for _ in range(n):
+            queue.popleft()
+        # len(entry) + _HEADER_SIZE is what _on_send/_force_close subtract per entry
+        self._inflight.append((_Chain(cdatas, slot, size - _HEADER_SIZE), None))
+        return True
+
+    def _on_chain(self, res: int, flags: int) -> None:
+        """A chain of _flush_chain: a failed datagram (UL_BATCH_F_ERROR), or the end of
+        the chain (no F_MORE)."""
+        if flags & _F_BATCH_ERROR:
+            self._send_error(res)
+        if flags & _F_MORE:
+            return
+        chain, _ = self._inflight.popleft()
+        ring = self._ring
+        if not ring.closed:
+            lib.ul_batch_close(ring._ptr, chain.slot, ffi.NULL)
+        for cdata in chain.cdatas:
+            ffi.release(cdata)
+        chain.cdatas = []
+        self._buffer_size -= chain.size + _HEADER_SIZE
+        self._sent()
+
+    def _send_error(self, res: int) -> None:
         if res < 0 and res != _ECANCELED and not self._aborted:
             if res in _FATAL:
                 self._fatal_error(_os_error(res), "Fatal write error on datagram transport")
             elif self._protocol_connected:
                 self._call_protocol("error_received", _os_error(res))
+
+    def _on_send(self, res: int, flags: int) -> None:
+        data, _ = self._inflight.popleft()
+        self._buffer_size -= len(data) + _HEADER_SIZE
+        if res < 0:
+            self._send_error(res)
         if self._inflight:
             return
+        self._sent()
+
+    def _sent(self) -> None:
+        """The chain in flight has completed: resume the protocol, send what is queued."""
         self._maybe_resume_protocol()  # may queue more
         if self._queue and not self._aborted and self._sock is not None:
             self._flush()
@@ -427,4 +524,6 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._conn_lost = max(self._conn_lost, 1)
         self._loop.call_soon(self._call_connection_lost, self._lost_exc)
 
-    # _call_connection_lost(): SocketLifecycleMixin
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        self._ring.unregister(self._chain_ud)
+        super()._call_connection_lost(exc)  # SocketLifecycleMixin
