@@ -29,7 +29,7 @@ whole process over the window, from getrusage) and the zero-copy counters. Cases
     uring *          uringloop transport.sendto(bytes) (queued, SENDMSG chains of 32)
     uring-zc-bytes   uringloop sendto_zerocopy(bytes), one call per datagram
     uring-zc-pool    uringloop sendto_zerocopy(pool_buf[:n]), one call per datagram
-    uring-zc-many *  uringloop sendto_zerocopy_many([32 pool slices]) (FIXED_BUF)
+    uring-zc-many *  uringloop sendto_zerocopy_many(pool.acquire_many(32, n)) (FIXED_BUF)
     c-send           C: send() loop (bench/udp_zc_ref.c)
     c-usend *        C: io_uring SEND (copying), ``--inflight`` requests in flight
     c-zc             C: io_uring SEND_ZC, unregistered page-aligned buffers
@@ -252,6 +252,7 @@ async def send_zc(tr: Any, loop: Any, data: bytes, clock: Clock, window: int,
             raise RuntimeError("the zero-copy pool could not be registered")
     zc = tr.sendto_zerocopy
     acquire = pool.acquire if pool is not None else None
+    acquire_many = pool.acquire_many if pool is not None else None
     # futures outstanding when the window is full: datagrams / (datagrams per future)
     per_fut = BATCH if how == "many" else 1
     max_pending = window // per_fut - BATCH // per_fut
@@ -263,8 +264,7 @@ async def send_zc(tr: Any, loop: Any, data: bytes, clock: Clock, window: int,
             for _ in range(BATCH):
                 pending.append(zc(acquire()[:n]))  # type: ignore[misc]
         else:
-            pending.append(tr.sendto_zerocopy_many([acquire()[:n]  # type: ignore[misc]
-                                                    for _ in range(BATCH)]))
+            pending.append(tr.sendto_zerocopy_many(acquire_many(BATCH, n)))  # type: ignore[misc]
         clock.count(BATCH, BATCH * n)
         while len(pending) > max_pending:
             fut = pending.popleft()

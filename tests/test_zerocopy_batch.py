@@ -318,3 +318,47 @@ async def test_mixed_batch_rejection_takes_nothing(mode, fd_guard):
     st.close()
     rt.close()
     pool.close()
+
+
+async def test_acquire_many(fd_guard):
+    loop = asyncio.get_running_loop()
+    pool = loop.zerocopy_buffers(4, 4096, max_count=8, grow_by=2)
+    slices = pool.acquire_many(3, 100)
+    assert [len(s) for s in slices] == [100] * 3
+    assert len({id(s.buffer) for s in slices}) == 3
+    assert pool.stats()["free"] == 1
+    more = pool.acquire_many(3)  # grows by what is missing (at least grow_by)
+    assert [len(s) for s in more] == [4096] * 3
+    assert pool.stats()["buffers"] == 6
+    free = pool.stats()["free"]
+    with pytest.raises(BufferError):  # all or nothing: 8 at most
+        pool.acquire_many(free + 3)
+    assert pool.stats()["free"] == free
+    with pytest.raises(ValueError):
+        pool.acquire_many(1, 4097)
+    assert pool.acquire_many(0) == []
+    for s in slices + more:
+        s.buffer.release()
+    assert pool.stats()["free"] == pool.stats()["buffers"]
+    pool.close()
+    with pytest.raises(RuntimeError):
+        pool.acquire_many(1)
+
+
+@needs_zc
+async def test_acquire_many_send(fd_guard):
+    loop = asyncio.get_running_loop()
+    pool = loop.zerocopy_buffers(32, 2048)
+    rt, sink, st, sp, addr = await pair(False)
+    slices = pool.acquire_many(32, 1000)
+    for i, s in enumerate(slices):
+        s.buffer[:2] = i.to_bytes(2, "big")
+    got = sink.expect(32)
+    res = await asyncio.wait_for(st.sendto_zerocopy_many(slices, addr), T)
+    assert res.sends == 32 and res.nbytes == 32 * 1000
+    await asyncio.wait_for(got, T)
+    assert [d[:2] for d in sink.got[-32:]] == [i.to_bytes(2, "big") for i in range(32)]
+    assert pool.stats()["free"] == 32
+    st.close()
+    rt.close()
+    pool.close()

@@ -368,6 +368,31 @@ class ZeroCopyBufferPool:
         region, off = self._free.popleft()
         return ZeroCopyBuffer(self, region, off)
 
+    def acquire_many(self, n: int, size: int | None = None) -> list[ZeroCopySlice]:
+        """``n`` free buffers at once, as ``[buf[:size], ...]`` slices ready for
+        ``sendto_zerocopy_many`` (``size`` defaults to the whole buffer); each slice's
+        ``.buffer`` is its ``ZeroCopyBuffer``. Grows the pool as ``acquire()`` does, by
+        at least what is missing; all or nothing: BufferError when ``n`` cannot be had."""
+        if self._closed:
+            raise RuntimeError("the zero-copy buffer pool is closed")
+        bs = self.buffer_size
+        if size is None:
+            size = bs
+        elif not 0 <= size <= bs:
+            raise ValueError(f"size must be 0-{bs}")
+        if n < 0:
+            raise ValueError("n must not be negative")
+        free = self._free
+        missing = n - len(free)
+        if missing > 0:
+            room = None if self.max_count is None else self.max_count - self._count
+            if room is not None and room < missing:
+                raise BufferError("zero-copy buffer pool exhausted")
+            self.grow(max(missing, self.grow_by if room is None else min(self.grow_by, room)))
+        pop = free.popleft
+        buf, sl = ZeroCopyBuffer, ZeroCopySlice
+        return [sl(buf(self, *pop()), 0, size) for _ in range(n)]
+
     async def acquire_wait(self) -> ZeroCopyBuffer:
         """Like acquire(), but wait for a buffer to come back instead of raising."""
         while True:
