@@ -12,11 +12,13 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "_uring.h"
 
@@ -1079,7 +1081,7 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
             sqe->addr2 = (uint64_t)(uintptr_t)addr;
             sqe->addr_len = (unsigned short)addrlen;
         }
-        if (i + 1 < n || link_last)
+        if (link_last != UL_BATCH_UNLINKED && (i + 1 < n || link_last))
             sqe->flags = IOSQE_IO_HARDLINK;
         sqe->user_data = tag;
     }
@@ -1115,7 +1117,7 @@ int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n,
         sqe->addr = (uint64_t)(uintptr_t)&d[i].msg;
         sqe->len = 1;
         sqe->msg_flags = MSG_NOSIGNAL;
-        if (i + 1 < n || link_last)
+        if (link_last != UL_BATCH_UNLINKED && (i + 1 < n || link_last))
             sqe->flags = IOSQE_IO_HARDLINK;
         sqe->user_data = tag;
     }
@@ -1123,4 +1125,16 @@ int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n,
     r->batches[slot].sqes += n;
     r->batch_expect += n;
     return 0;
+}
+
+int64_t ul_sock_send_room(int fd)
+{
+    int sndbuf = 0, outq = 0;
+    socklen_t len = sizeof(sndbuf);
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0)
+        return -errno;
+    if (ioctl(fd, SIOCOUTQ, &outq) < 0)
+        return -errno;
+    int64_t room = (int64_t)sndbuf / 2 - outq;
+    return room < 0 ? 0 : room;
 }

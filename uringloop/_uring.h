@@ -135,4 +135,14 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
    succeeded completes with res = bytes sent and no flags. All n or none (-EBUSY). */
 #define UL_BATCH_F_ERROR (1U << 20)
 int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n, int link_last);
+/* link_last == UL_BATCH_UNLINKED (both batch preps): no SQE of the batch is linked. Only
+   for a socket with room for the whole batch (ul_sock_send_room): unlinked SQEs are issued
+   inline in SQ order and nothing is parked on poll, so the datagrams still go out in
+   order; the caller decides. */
+#define UL_BATCH_UNLINKED 2
+/* Bytes a chain may still charge to fd's send buffer without blocking, conservatively:
+   SO_SNDBUF / 2 (getsockopt reports the kernel's doubled value) minus SIOCOUTQ (what is
+   still charged to it: sk_wmem_alloc for UDP, zero-copy skbs included). 0 when full,
+   -errno on failure. Two syscalls: the caller asks once per chain. */
+int64_t ul_sock_send_room(int fd);
 #endif

@@ -16,6 +16,7 @@ the batch completes.
 Fast path (:class:`ZcPoolBatch`): when every buffer of a ``sendto_zerocopy_many`` call is
 a pool buffer (or a slice of one) of this loop and the transport uses SEND_ZC, the batch
 is one queue entry. One C call (``ul_batch_prep_sendzc``) preps its hard-linked chain of
+(unlinked when the send buffer has room for it all: ``_UNLINKED`` in transports/datagram.py)
 SEND_ZC requests with a tagged user_data that ``ul_run`` accounts in C (bytes, first
 error, notifications, copied): Python sees one completion when every result is in (the
 transport's chain accounting, so the next queued sends go out in order) and one when the
@@ -275,7 +276,9 @@ class ZcPoolBatch:
         # the transport counts len(entry) + one header per entry; a batch is n datagrams
         return self.total + (self.n - 1) * _dgram._HEADER_SIZE  # type: ignore[no-any-return]
 
-    def prep(self, ring: Any, fd: int, d: Any, raw: bytes | None, link: bool) -> int:
+    def prep(self, ring: Any, fd: int, d: Any, raw: bytes | None, link: int) -> int:
+        """link: hard-link the last SQE to the next entry too (1), not (0), or link none
+        of them (2, UL_BATCH_UNLINKED: the transport saw room for the whole batch)."""
         self.raw = raw  # the kernel copies the address at submission; keep it till then
         addrs = ffi.from_buffer("uint64_t[]", self.addrs)
         if raw is None:

@@ -20,7 +20,8 @@ A chain of two plain datagrams or more is an aggregated batch (``ul_batch_prep_s
 as the zero-copy pool batches): its results are counted in C, Python gets each failed
 datagram (in order) and one completion for the chain, and ``ul_run`` asks the kernel for
 the chain's outstanding completions as ``min_complete``: under DEFER_TASKRUN a
-hard-linked chain would otherwise advance one link per ``io_uring_enter``.
+hard-linked chain would otherwise advance one link per ``io_uring_enter``. A chain (or
+zero-copy pool batch) that fits the send buffer is prepped unlinked (``_UNLINKED``).
 
 Errors: an ``OSError`` from a receive or a send (ICMP errors such as ``ECONNREFUSED`` on
 a connected socket) goes to ``protocol.error_received`` and the transport goes on, as in
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import mmap
 import os
 import socket
 import sys
@@ -66,6 +68,22 @@ _FATAL = frozenset(-e for e in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno
 # Python 3.13 sends empty datagrams and counts an 8-byte header per buffered datagram.
 _SEND_EMPTY = sys.version_info >= (3, 13)
 _HEADER_SIZE = 8 if _SEND_EMPTY else 0
+# Unlinked chains. Links only keep order when a send would block: an unlinked SQE that
+# gets EAGAIN (send buffer full) is parked on poll while the ones after it go out. Unlinked
+# SQEs are otherwise issued inline, one after the other in SQ order, within the
+# io_uring_enter that submits them (io_uring/io_uring.c: io_submit_sqe -> io_queue_sqe ->
+# io_issue_sqe(IO_URING_F_NONBLOCK); only -EAGAIN goes to io_queue_async/poll; no
+# IOSQE_ASYNC here). So a chain that provably fits the send buffer is prepped unlinked
+# (hard links cost ~10 % in the kernel): its charge, each datagram counted as its length
+# plus _CHARGE_SLACK of skb overhead, must fit ul_sock_send_room (SO_SNDBUF / 2 - SIOCOUTQ,
+# read per chain, so a setsockopt by the user is seen; the kernel only refuses a send when
+# what is charged already reaches the full SO_SNDBUF, which leaves room for a truesize of
+# up to about twice the payload; a copied datagram measured at most ~1.8x, kmalloc
+# rounding). A zero-copy datagram is charged by the page (its frags pin whole pages: a
+# 1200-byte one measured 4774 bytes), so it counts two pages more.
+_UNLINKED = 2  # UL_BATCH_UNLINKED (_uring.h)
+_CHARGE_SLACK = 1024
+_ZC_CHARGE_SLACK = 2 * mmap.PAGESIZE + _CHARGE_SLACK
 
 
 def _os_error(res: int) -> OSError:
@@ -226,6 +244,10 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         self._sblock, self._smsgs = new_dgrams(MAX_BATCH)
         self._buffer_size = 0
         self._scheduled = False
+        self._unlinked_chains = 0  # chains prepped unlinked (tests, debugging)
+        # UDP only: an AF_UNIX datagram send also gets EAGAIN when the peer's receive
+        # queue is full, whatever the send buffer says
+        self._may_unlink = self._family in (socket.AF_INET, socket.AF_INET6)
         # life cycle
         self._closing = False
         self._conn_lost = 0
@@ -370,13 +392,34 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
                 and self._flush_chain(ptr, fd, queue, msgs)):
             return
         n = min(len(queue), MAX_BATCH)
+        # pool batches at the head of the queue go out unlinked while the send buffer has
+        # room for them all (see _UNLINKED); from the first entry that is linked on, every
+        # entry is (an unlinked SQE after a linked one would be issued before it)
+        unlinked = self._may_unlink
+        room = -1
         for i in range(n):
             data, raw = queue[0]
             d = msgs[i]
-            if type(data) is ZcDatagram or type(data) is ZcPoolBatch:  # sendto_zerocopy
+            if unlinked and type(data) is ZcPoolBatch:
+                if room < 0:
+                    room = lib.ul_sock_send_room(fd)
+                charge = data.total + data.n * _ZC_CHARGE_SLACK
+                if 0 <= charge <= room:
+                    room -= charge
+                    cdata = None
+                    rc = data.prep(ptr, fd, d, raw, _UNLINKED)
+                    if rc == 0:
+                        self._unlinked_chains += 1
+                else:
+                    unlinked = False
+                    cdata = None
+                    rc = data.prep(ptr, fd, d, raw, i < n - 1)
+            elif type(data) is ZcDatagram or type(data) is ZcPoolBatch:  # sendto_zerocopy
+                unlinked = False
                 cdata = None
                 rc = data.prep(ptr, fd, d, raw, i < n - 1)
             else:
+                unlinked = False
                 cdata = ffi.from_buffer(data)
                 if raw is None:
                     lib.ul_dgram_set_send(d, cdata, len(data), ffi.NULL, 0)
@@ -416,7 +459,10 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             cdatas.append(cdata)
             size += nb + _HEADER_SIZE
             n += 1
-        rc = lib.ul_batch_prep_sendmsg(ptr, slot, fd, msgs[0], n, 0)
+        # unlinked when the send buffer has room for the whole chain (see _UNLINKED)
+        charge = size + n * (_CHARGE_SLACK - _HEADER_SIZE)
+        link = _UNLINKED if self._may_unlink and charge <= lib.ul_sock_send_room(fd) else 0
+        rc = lib.ul_batch_prep_sendmsg(ptr, slot, fd, msgs[0], n, link)
         if rc < 0:
             lib.ul_batch_close(ptr, slot, ffi.NULL)
             for cdata in cdatas:
@@ -427,6 +473,8 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             self._scheduled = True
             self._loop._dirty.append(self)
             return True
+        if link:
+            self._unlinked_chains += 1
         for _ in range(n):
             queue.popleft()
         # len(entry) + _HEADER_SIZE is what _on_send/_force_close subtract per entry
