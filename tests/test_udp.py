@@ -395,6 +395,95 @@ async def test_unix_datagram_endpoint(fd_guard):
         await close(st, sp)
 
 
+def _unix_receiver(d):
+    """A bound, non-reading AF_UNIX datagram socket: its queue fills up
+    (net.unix.max_dgram_qlen datagrams) and the sender gets EAGAIN."""
+    path = os.path.join(d, "rx")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    rx.setblocking(False)
+    return rx, path
+
+
+async def _drain_unix(rx, got, n):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + T
+    while len(got) < n:
+        try:
+            got.append(rx.recv(1000))
+        except BlockingIOError:
+            if loop.time() > deadline:
+                raise AssertionError(f"{len(got)} of {n} datagrams received") from None
+            await asyncio.sleep(0.002)
+
+
+def _payload(i):
+    return b"%05d" % i + b"x" * 100
+
+
+async def test_unix_datagram_full_peer_queue_keeps_payloads(fd_guard):
+    # The peer's full queue makes the send fail with EAGAIN after the kernel has
+    # consumed the payload: a send retried as is would deliver an empty datagram.
+    with tempfile.TemporaryDirectory() as d:
+        rx, path = _unix_receiver(d)
+        with rx:
+            tr, pr = await endpoint(remote_addr=path, family=socket.AF_UNIX)
+            n = 0
+            for _ in range(40):  # one at a time, the queue fills up on the way
+                tr.sendto(_payload(n))
+                n += 1
+                await asyncio.sleep(0.002)
+            for _ in range(40):  # and a burst
+                tr.sendto(_payload(n))
+                n += 1
+            await asyncio.sleep(0.05)
+            assert tr.get_write_buffer_size() > 0  # parked until the receiver reads
+            got: list[bytes] = []
+            await _drain_unix(rx, got, n)
+            assert got == [_payload(i) for i in range(n)]
+            await wait_until(lambda: tr.get_write_buffer_size() == 0)
+            assert pr.errors == []
+            await close(tr, pr)
+
+
+async def test_unix_datagram_close_sends_parked_datagrams(fd_guard):
+    with tempfile.TemporaryDirectory() as d:
+        rx, path = _unix_receiver(d)
+        with rx:
+            tr, pr = await endpoint(remote_addr=path, family=socket.AF_UNIX)
+            for i in range(30):
+                tr.sendto(_payload(i))
+            await asyncio.sleep(0.05)
+            tr.close()
+            await asyncio.sleep(0.05)
+            assert not pr.lost_fut.done()  # waits for the receiver
+            got: list[bytes] = []
+            await _drain_unix(rx, got, 30)
+            assert got == [_payload(i) for i in range(30)]
+            assert await asyncio.wait_for(pr.lost_fut, T) is None
+            assert pr.errors == []
+
+
+async def test_unix_datagram_abort_drops_parked_datagrams(fd_guard):
+    with tempfile.TemporaryDirectory() as d:
+        rx, path = _unix_receiver(d)
+        with rx:
+            tr, pr = await endpoint(remote_addr=path, family=socket.AF_UNIX)
+            for i in range(30):
+                tr.sendto(_payload(i))
+            await asyncio.sleep(0.05)
+            tr.abort()
+            assert await asyncio.wait_for(pr.lost_fut, T) is None
+            got: list[bytes] = []
+            while True:
+                try:
+                    got.append(rx.recv(1000))
+                except BlockingIOError:
+                    break
+            assert 0 < len(got) < 30
+            assert got == [_payload(i) for i in range(len(got))]
+
+
 async def test_create_datagram_endpoint_with_sock(fd_guard):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

@@ -23,6 +23,11 @@ the chain's outstanding completions as ``min_complete``: under DEFER_TASKRUN a
 hard-linked chain would otherwise advance one link per ``io_uring_enter``. A chain (or
 zero-copy pool batch) that fits the send buffer is prepped unlinked (``_UNLINKED``).
 
+AF_UNIX sockets send one plain datagram at a time with ``MSG_DONTWAIT`` instead: a send
+that finds the peer's queue full has already consumed the msghdr's iterator, so one that
+io_uring re-issued would send an empty datagram. An ``EAGAIN`` completion puts the
+datagram back at the head of the queue and a one-shot ``POLL_ADD(POLLOUT)`` resends it.
+
 Errors: an ``OSError`` from a receive or a send (ICMP errors such as ``ECONNREFUSED`` on
 a connected socket) goes to ``protocol.error_received`` and the transport goes on, as in
 asyncio; the send that failed is dropped. Errors that would repeat forever (a bad fd)
@@ -38,6 +43,7 @@ import asyncio
 import errno
 import mmap
 import os
+import select
 import socket
 import sys
 from asyncio import constants, transports, trsock
@@ -62,6 +68,7 @@ _F_MORE = 2  # IORING_CQE_F_MORE
 _F_BATCH_ERROR = 1 << 20  # UL_BATCH_F_ERROR (_uring.h): one failed datagram of a chain
 _EINTR = -errno.EINTR
 _EAGAIN = -errno.EAGAIN
+_POLLOUT = select.POLLOUT
 # errors that would come back on every re-armed receive: fatal, not error_received()
 _FATAL = frozenset(-e for e in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTSUPP,
                                 errno.EFAULT))
@@ -248,6 +255,16 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
         # UDP only: an AF_UNIX datagram send also gets EAGAIN when the peer's receive
         # queue is full, whatever the send buffer says
         self._may_unlink = self._family in (socket.AF_INET, socket.AF_INET6)
+        # AF_UNIX: unix_dgram_sendmsg copies the payload out of the msghdr's iterator
+        # before it finds the peer's queue full, so a send that io_uring parks on EAGAIN
+        # and re-issues would send an empty datagram. Plain datagrams go one at a time
+        # with MSG_DONTWAIT (io_uring completes them with -EAGAIN, no internal retry);
+        # an EAGAIN puts the datagram back at the head of the queue, a one-shot
+        # POLL_ADD(POLLOUT) waits for room and the datagram is sent again from scratch.
+        self._unix = self._family == socket.AF_UNIX
+        self._unix_raw: bytes | None = None  # the address of the AF_UNIX send in flight
+        self._pollout = False  # the POLLOUT poll is armed
+        self._pollout_ud = ring.register(self._on_pollout)
         # life cycle
         self._closing = False
         self._conn_lost = 0
@@ -386,12 +403,21 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             return
         queue, inflight, msgs = self._queue, self._inflight, self._smsgs
         ptr, fd, ud = self._ring.ptr, self._fd, self._send_ud
+        if self._unix:
+            # one datagram at a time, never retried by io_uring (see __init__)
+            if self._pollout:
+                return
+            if type(queue[0][0]) is bytes:
+                self._flush_unix(ptr, fd, ud)
+                return
+            n = 1
         # two plain datagrams or more: one aggregated chain (a single one gains nothing
         # from it: no link to advance, and the batch slot costs more than it saves)
-        if (len(queue) > 1 and type(queue[0][0]) is bytes and type(queue[1][0]) is bytes
+        elif (len(queue) > 1 and type(queue[0][0]) is bytes and type(queue[1][0]) is bytes
                 and self._flush_chain(ptr, fd, queue, msgs)):
             return
-        n = min(len(queue), MAX_BATCH)
+        else:
+            n = min(len(queue), MAX_BATCH)
         # pool batches at the head of the queue go out unlinked while the send buffer has
         # room for them all (see _UNLINKED); from the first entry that is linked on, every
         # entry is (an unlinked SQE after a linked one would be issued before it)
@@ -434,6 +460,36 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
                 break
             queue.popleft()
             inflight.append((data, cdata))
+
+    def _flush_unix(self, ptr: Any, fd: int, ud: int) -> None:
+        """Send the datagram at the head of the queue of an AF_UNIX socket with a fresh
+        msghdr and MSG_DONTWAIT: an EAGAIN completes (``_on_send``), it is not retried."""
+        data, raw = self._queue[0]
+        d = self._smsgs[0]
+        cdata = ffi.from_buffer(data)
+        if raw is None:
+            lib.ul_dgram_set_send(d, cdata, len(data), ffi.NULL, 0)
+        else:
+            lib.ul_dgram_set_send(d, cdata, len(data), raw, len(raw))
+        # the msghdr is the first member of the ul_dgram
+        if lib.ul_prep_sendmsg(ptr, fd, ud, d, socket.MSG_DONTWAIT, 0, 0) < 0:
+            ffi.release(cdata)
+            self._scheduled = True  # no SQE free: try again next iteration
+            self._loop._dirty.append(self)
+            return
+        self._queue.popleft()
+        self._inflight.append((data, cdata))
+        self._unix_raw = raw
+
+    def _on_pollout(self, res: int, flags: int) -> None:
+        """The AF_UNIX socket may have room again: resend the head of the queue."""
+        self._pollout = False
+        if self._aborted or self._sock is None:
+            self._maybe_finalize()
+        elif res in _FATAL:
+            self._fatal_error(_os_error(res), "Fatal write error on datagram transport")
+        elif self._queue and not self._inflight and not self._scheduled:
+            self._flush()
 
     def _flush_chain(self, ptr: Any, fd: int, queue: Any, msgs: list[Any]) -> bool:
         """Send the leading plain datagrams of the queue (up to MAX_BATCH) as one
@@ -506,7 +562,19 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
                 self._call_protocol("error_received", _os_error(res))
 
     def _on_send(self, res: int, flags: int) -> None:
-        data, _ = self._inflight.popleft()
+        data, cdata = self._inflight.popleft()
+        if (res == _EAGAIN and self._unix and type(data) is bytes and not self._aborted
+                and self._sock is not None):
+            # the AF_UNIX peer's queue is full (MSG_DONTWAIT): keep the datagram at the
+            # head of the queue (still counted in the buffer size), wait for POLLOUT
+            ffi.release(cdata)
+            self._queue.appendleft((data, self._unix_raw))
+            if lib.ul_prep_poll(self._ring.ptr, self._fd, self._pollout_ud, _POLLOUT, 0) < 0:
+                self._scheduled = True  # no SQE free: try again next iteration
+                self._loop._dirty.append(self)
+            else:
+                self._pollout = True
+            return
         self._buffer_size -= len(data) + _HEADER_SIZE
         if res < 0:
             self._send_error(res)
@@ -554,7 +622,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
                 data.drop(exc or ConnectionAbortedError("transport aborted before sending"))
         self._queue.clear()
         self._closing = True
-        if self._sock is not None and (self._recv_armed or self._inflight):
+        if self._sock is not None and (self._recv_armed or self._inflight or self._pollout):
             lib.ul_prep_cancel_fd(self._ring.ptr, self._fd, 0)
         self._maybe_finalize()
 
@@ -566,7 +634,7 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
             if not self._inflight and self._sock is not None and not self._scheduled:
                 self._flush()
             return
-        if self._queue or self._inflight or self._recv_armed:
+        if self._queue or self._inflight or self._recv_armed or self._pollout:
             return
         self._finalizing = True
         self._conn_lost = max(self._conn_lost, 1)
@@ -574,4 +642,5 @@ class DatagramTransport(SocketLifecycleMixin, ZeroCopyDatagramMixin, transports.
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         self._ring.unregister(self._chain_ud)
+        self._ring.unregister(self._pollout_ud)
         super()._call_connection_lost(exc)  # SocketLifecycleMixin
