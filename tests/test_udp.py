@@ -14,6 +14,8 @@ import tempfile
 
 import pytest
 
+import uringloop
+
 T = 10  # seconds: the bound on every wait in this file
 
 
@@ -441,7 +443,10 @@ async def test_unix_datagram_full_peer_queue_keeps_payloads(fd_guard):
             got: list[bytes] = []
             await _drain_unix(rx, got, n)
             assert got == [_payload(i) for i in range(n)]
-            await wait_until(lambda: tr.get_write_buffer_size() == 0)
+            if isinstance(asyncio.get_running_loop(), uringloop.Loop):
+                # (the stdlib loop of Python 3.13.0 keeps 8 bytes per datagram that waited
+                # counted after it was sent: its own accounting, not checked here)
+                await wait_until(lambda: tr.get_write_buffer_size() == 0)
             assert pr.errors == []
             await close(tr, pr)
 
