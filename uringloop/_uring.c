@@ -1041,10 +1041,10 @@ void ul_batch_close(ul_ring *r, int slot, int64_t *out)
     r->batch_free[r->nbatch_free++] = (unsigned)slot;
 }
 
-int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
-                         const uint32_t *lens, const int32_t *buf_index, unsigned n,
-                         unsigned len0, int bidx0, const void *addr, unsigned addrlen,
-                         unsigned zc_flags, int link_last)
+/* Checks a batch prep of n SQEs for `slot` and makes room for all of them (all or
+   nothing: never leave half a chain queued). 1: go ahead; 0: nothing to do (n == 0);
+   < 0: -errno. */
+static int batch_reserve(ul_ring *r, int slot, unsigned n)
 {
     if (r->forked)
         return -EBADFD;
@@ -1055,12 +1055,22 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
         return 0;
     if (n > r->sq_entries)
         return -EINVAL;
-    /* all or nothing: never leave half a chain queued */
     if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries) {
         flush_submit(r, 0, 0, NULL, 0);
         if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries)
             return -EBUSY;
     }
+    return 1;
+}
+
+int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
+                         const uint32_t *lens, const int32_t *buf_index, unsigned n,
+                         unsigned len0, int bidx0, const void *addr, unsigned addrlen,
+                         unsigned zc_flags, int link_last)
+{
+    int ok = batch_reserve(r, slot, n);
+    if (ok <= 0)
+        return ok;
     uint64_t tag = UL_BATCH_TAG | (unsigned)slot;
     for (unsigned i = 0; i < n; i++) {
         struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
@@ -1092,21 +1102,9 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
 
 int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n, int link_last)
 {
-    if (r->forked)
-        return -EBADFD;
-    if (!r->batches || slot < 0 || slot >= UL_BATCH_SLOTS || !r->batches[slot].active ||
-        r->batches[slot].results_done)
-        return -EINVAL;
-    if (!n)
-        return 0;
-    if (n > r->sq_entries)
-        return -EINVAL;
-    /* all or nothing: never leave half a chain queued */
-    if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries) {
-        flush_submit(r, 0, 0, NULL, 0);
-        if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries)
-            return -EBUSY;
-    }
+    int ok = batch_reserve(r, slot, n);
+    if (ok <= 0)
+        return ok;
     uint64_t tag = UL_BATCH_TAG | (unsigned)slot;
     for (unsigned i = 0; i < n; i++) {
         struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
