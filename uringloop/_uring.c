@@ -1063,6 +1063,22 @@ static int batch_reserve(ul_ring *r, int slot, unsigned n)
     return 1;
 }
 
+/* The next SQE of a batch chain: zeroed, opcode/fd/user_data set, hard-linked to the
+   next one unless it is the last of an unlinked chain or link_last says otherwise. */
+static struct io_uring_sqe *batch_sqe(ul_ring *r, int op, int fd, uint64_t tag,
+                                      unsigned i, unsigned n, int link_last)
+{
+    struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+    memset(sqe, 0, sizeof(*sqe));
+    r->sqe_tail++;
+    sqe->opcode = (unsigned char)op;
+    sqe->fd = fd;
+    sqe->user_data = tag;
+    if (link_last != UL_BATCH_UNLINKED && (i + 1 < n || link_last))
+        sqe->flags = IOSQE_IO_HARDLINK;
+    return sqe;
+}
+
 int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
                          const uint32_t *lens, const int32_t *buf_index, unsigned n,
                          unsigned len0, int bidx0, const void *addr, unsigned addrlen,
@@ -1073,11 +1089,7 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
         return ok;
     uint64_t tag = UL_BATCH_TAG | (unsigned)slot;
     for (unsigned i = 0; i < n; i++) {
-        struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
-        memset(sqe, 0, sizeof(*sqe));
-        r->sqe_tail++;
-        sqe->opcode = IORING_OP_SEND_ZC;
-        sqe->fd = fd;
+        struct io_uring_sqe *sqe = batch_sqe(r, IORING_OP_SEND_ZC, fd, tag, i, n, link_last);
         sqe->addr = addrs[i];
         sqe->len = lens ? lens[i] : len0;
         unsigned fl = zc_flags;
@@ -1091,9 +1103,6 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
             sqe->addr2 = (uint64_t)(uintptr_t)addr;
             sqe->addr_len = (unsigned short)addrlen;
         }
-        if (link_last != UL_BATCH_UNLINKED && (i + 1 < n || link_last))
-            sqe->flags = IOSQE_IO_HARDLINK;
-        sqe->user_data = tag;
     }
     r->batches[slot].sqes += n;
     r->batch_expect += n;
@@ -1107,17 +1116,10 @@ int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n,
         return ok;
     uint64_t tag = UL_BATCH_TAG | (unsigned)slot;
     for (unsigned i = 0; i < n; i++) {
-        struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
-        memset(sqe, 0, sizeof(*sqe));
-        r->sqe_tail++;
-        sqe->opcode = IORING_OP_SENDMSG;
-        sqe->fd = fd;
+        struct io_uring_sqe *sqe = batch_sqe(r, IORING_OP_SENDMSG, fd, tag, i, n, link_last);
         sqe->addr = (uint64_t)(uintptr_t)&d[i].msg;
         sqe->len = 1;
         sqe->msg_flags = MSG_NOSIGNAL;
-        if (link_last != UL_BATCH_UNLINKED && (i + 1 < n || link_last))
-            sqe->flags = IOSQE_IO_HARDLINK;
-        sqe->user_data = tag;
     }
     r->batches[slot].pass_errors = 1;
     r->batches[slot].sqes += n;
