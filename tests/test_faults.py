@@ -409,6 +409,46 @@ def test_provided_buffers_exhausted(fd_guard, monkeypatch) -> None:
     assert inflight == 1  # only the self-pipe receive
 
 
+def test_provided_buffers_grow_when_receives_run_dry(fd_guard) -> None:
+    """A loop starts with an eighth of its receive buffers in use and doubles that each
+    time receives ran out (ENOBUFS), up to recv_buffers; no byte is lost on the way."""
+    loop = uringloop.Loop(recv_buffers=16, recv_buffer_size=4096)
+    nconn, rounds = 40, 8
+
+    async def main() -> list[int]:
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                w.write(data)
+            w.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(nconn)]
+        in_use = [loop.stats()["recv_buffers_in_use"]]
+        for k in range(rounds):
+            msgs = [_pattern(3000 + k, i) for i in range(nconn)]
+            for (_, w), m in zip(conns, msgs, strict=True):  # every connection at once
+                w.write(m)
+            for (r, _), m in zip(conns, msgs, strict=True):
+                assert await asyncio.wait_for(r.readexactly(len(m)), 10) == m
+            in_use.append(loop.stats()["recv_buffers_in_use"])
+        for _, w in conns:
+            w.close()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return in_use
+
+    try:
+        in_use = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert in_use[0] == 2
+    assert in_use[-1] == 16, in_use  # grew to the limit: 40 busy connections > 16
+    assert all(b in (2, 4, 8, 16) for b in in_use), in_use
+    assert in_use == sorted(in_use), in_use  # never shrinks
+
+
 # -- completion / submission queue limits ----------------------------------------------
 
 

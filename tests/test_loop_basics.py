@@ -335,6 +335,8 @@ def test_new_event_loop_is_a_uringloop():
         ({"recv_buffer_size": 0}, r"recv_buffer_size must be from 1 to 2147483647, got 0"),
         ({"recv_buffer_size": -5}, r"recv_buffer_size must be from 1 to 2147483647"),
         ({"recv_buffer_size": 1 << 31}, r"recv_buffer_size must be from 1 to 2147483647"),
+        ({"recv_buffers": 32768, "recv_buffer_size": 1 << 17},
+         r"recv_buffers x recv_buffer_size must be below 4 GiB, got 32768 x 131072"),
     ],
 )
 def test_loop_rejects_bad_sizes_with_value_error(kwargs, match, fd_guard):
@@ -598,8 +600,9 @@ async def test_stats_shape_and_counters_increase():
     s0 = loop.stats()
     for key in ("enters", "submitted", "completions", "inflight", "zerocopy_sends",
                 "zerocopy_notifications", "copied_sends", "zerocopy_fallback_sends",
-                "setup_flags"):
+                "setup_flags", "recv_buffers_in_use"):
         assert key in s0, key
+    assert s0["recv_buffers_in_use"] == 512 // 8  # an eighth of the default at first
     for key in ("enters", "submitted", "completions", "inflight", "zerocopy_sends",
                 "zerocopy_notifications", "copied_sends", "zerocopy_fallback_sends"):
         assert isinstance(s0[key], int) and s0[key] >= 0, key

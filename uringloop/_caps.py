@@ -75,7 +75,7 @@ def _trial_report_usage(ring: Any) -> bool:
         buf = ffi.new("char[1]", b"x")
         ud = ffi.new("uint64_t[4]")
         res = ffi.new("int32_t[4]")
-        flags = ffi.new("uint32_t[4]")
+        flags = ffi.new("uint64_t[4]")
         if lib.ul_prep_send_zc(ring, a.fileno(), 1, buf, 1, 0, _REPORT_USAGE, 0) < 0:
             return False
         ok: bool | None = None
@@ -109,7 +109,7 @@ def _trial_recv_multishot(ring: Any) -> int:
             return int(-rc)
         ud = ffi.new("uint64_t[4]")
         res = ffi.new("int32_t[4]")
-        flags = ffi.new("uint32_t[4]")
+        flags = ffi.new("uint64_t[4]")
         n = lib.ul_run(ring, 0, 0, ud, res, flags, 4)
         if n < 0:
             return int(-n)

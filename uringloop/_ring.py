@@ -29,7 +29,8 @@ F_BUFFER = 1 << 0
 F_MORE = 1 << 1
 F_SOCK_NONEMPTY = 1 << 2
 F_NOTIF = 1 << 3
-BUFFER_SHIFT = 16
+#: a receive into the provided ring: its data's offset in Ring.pbuf is ``flags >> DATA_SHIFT``
+DATA_SHIFT = 32
 NOTIF_USAGE_ZC_COPIED = -(1 << 31)  # 0x80000000 read as int32
 
 # setup flags, for reporting
@@ -66,7 +67,7 @@ class Ring:
         entries: int = 4096,
         cq_entries: int = 16384,
         recv_buffers: int = 512,
-        recv_buffer_size: int = 65536,
+        recv_buffer_size: int = 262144,
     ) -> None:
         if fake_setup_errno():  # test hook: io_uring_setup "fails"
             raise unsupported_from_errno(fake_setup_errno())
@@ -79,7 +80,8 @@ class Ring:
         self.forked = False
         rc = -fake_errno(PBUF_RING)  # test hook: the registration "fails"
         if not rc:
-            rc = lib.ul_pbuf_init(ptr, BUFFER_GROUP, recv_buffers, recv_buffer_size)
+            rc = lib.ul_pbuf_init(ptr, BUFFER_GROUP, recv_buffers, recv_buffer_size,
+                                  max(1, recv_buffers // 8))
         if rc < 0:
             lib.ul_ring_destroy(ptr)
             if rc == -errno.ENOMEM:  # the buffer area itself: memory, not io_uring
@@ -93,7 +95,7 @@ class Ring:
         self.recv_buffer_size = recv_buffer_size
         self.recv_buffers = recv_buffers
         base = lib.ul_pbuf_base(ptr)
-        #: the whole receive-buffer area; completion data lives at bid * recv_buffer_size
+        #: the whole receive-buffer area (a completion's data: see DATA_SHIFT)
         self.pbuf = memoryview(ffi.buffer(base, recv_buffers * recv_buffer_size))
         self.setup_flags: int = lib.ul_ring_setup_flags(ptr)
         self.features: int = lib.ul_ring_features(ptr)
@@ -104,15 +106,23 @@ class Ring:
         self._cap = cap
         self._ud = ffi.new("uint64_t[]", cap)
         self._res = ffi.new("int32_t[]", cap)
-        self._flags = ffi.new("uint32_t[]", cap)
+        self._flags = ffi.new("uint64_t[]", cap)
         self._ud_mv = memoryview(ffi.buffer(self._ud)).cast("Q")
         self._res_mv = memoryview(ffi.buffer(self._res)).cast("i")
-        self._flags_mv = memoryview(ffi.buffer(self._flags)).cast("I")
+        self._flags_mv = memoryview(ffi.buffer(self._flags)).cast("Q")
         self._counters = ffi.new("uint64_t[4]")
+        self._in_use = 0
         self.on_error: Callable[[BaseException, Handler], None] = _reraise
         _all_rings.add(self)
 
     # -- bookkeeping -------------------------------------------------------------------
+
+    @property
+    def recv_buffers_in_use(self) -> int:
+        """How many provided buffers receives use now (grows on ENOBUFS, up to recv_buffers)."""
+        if self._ptr != ffi.NULL:  # after close(): the value read when it closed
+            self._in_use = int(lib.ul_pbuf_supplied(self._ptr))
+        return self._in_use
 
     def register(self, handler: Handler) -> int:
         """Allocate a user_data that dispatches to ``handler``."""
@@ -247,5 +257,6 @@ class Ring:
         except BufferError:  # a slice is still exported: keep the mapping (leak, not crash)
             return
         lib.ul_counters(self._ptr, self._counters)
+        self._in_use = int(lib.ul_pbuf_supplied(self._ptr))
         lib.ul_ring_destroy(self._ptr)
         self._ptr = ffi.NULL

@@ -94,6 +94,8 @@ struct ul_ring {
     unsigned short br_tail, bgid;
     unsigned short *recycle;
     unsigned nrecycle;
+    unsigned nsupplied; /* buffers 0..nsupplied-1 are in use; the ring grows to nbufs */
+    int starved;        /* a receive found the ring empty (-ENOBUFS) */
     /* aggregated batches */
     struct ul_batch *batches;
     unsigned *batch_free;
@@ -288,9 +290,34 @@ int ul_probe_ops(ul_ring *r, unsigned char *supported, int n)
     return rc;
 }
 
-int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize)
+/* Hand buffers nsupplied .. nsupplied+n-1 to the kernel for the first time. */
+static void supply_buffers(ul_ring *r, unsigned n)
 {
-    if (r->br || nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768)
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = r->nsupplied + i;
+        struct io_uring_buf *b = &r->br->bufs[(unsigned short)(r->br_tail + i) & r->br_mask];
+        b->addr = (uint64_t)(uintptr_t)(r->bufs + (size_t)bid * r->bufsize);
+        b->len = r->bufsize;
+        b->bid = (unsigned short)bid;
+    }
+    r->nsupplied += n;
+    r->br_tail = (unsigned short)(r->br_tail + n);
+    store_release(&r->br->tail, r->br_tail);
+}
+
+struct ul_buf_reg {
+    uint64_t ring_addr;
+    uint32_t ring_entries;
+    uint16_t bgid;
+    uint16_t flags;
+    uint64_t resv[3];
+};
+
+int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize,
+                 unsigned initial)
+{
+    if (r->br || nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768 || initial == 0 ||
+        initial > nbufs)
         return -EINVAL;
     long page = sysconf(_SC_PAGESIZE);
     r->br_sz = ((nbufs * sizeof(struct io_uring_buf)) + page - 1) & ~(size_t)(page - 1);
@@ -300,7 +327,9 @@ int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsi
         return -errno;
     }
     r->bufs_sz = (size_t)nbufs * bufsize;
-    r->bufs = mmap(NULL, r->bufs_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* Address space for all nbufs; pages are only touched once a buffer is in use. */
+    r->bufs = mmap(NULL, r->bufs_sz, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r->bufs == MAP_FAILED) {
         r->bufs = NULL;
         return -errno;
@@ -308,7 +337,7 @@ int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsi
     r->recycle = calloc(nbufs, sizeof(unsigned short));
     if (!r->recycle)
         return -ENOMEM;
-    struct io_uring_buf_reg reg;
+    struct ul_buf_reg reg; /* io_uring_buf_reg, with the `flags` older headers lack */
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (uint64_t)(uintptr_t)r->br;
     reg.ring_entries = nbufs;
@@ -319,18 +348,13 @@ int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsi
     r->bufsize = bufsize;
     r->br_mask = nbufs - 1;
     r->bgid = bgid;
-    for (unsigned i = 0; i < nbufs; i++) {
-        struct io_uring_buf *b = &r->br->bufs[i];
-        b->addr = (uint64_t)(uintptr_t)(r->bufs + (size_t)i * bufsize);
-        b->len = bufsize;
-        b->bid = (unsigned short)i;
-    }
-    r->br_tail = (unsigned short)nbufs;
-    store_release(&r->br->tail, r->br_tail);
+    r->nsupplied = 0;
+    supply_buffers(r, initial);
     return 0;
 }
 
 void *ul_pbuf_base(ul_ring *r) { return r->bufs; }
+unsigned ul_pbuf_supplied(ul_ring *r) { return r->nsupplied; }
 
 int ul_register_buffers(ul_ring *r, void **addrs, size_t *lens, unsigned n)
 {
@@ -641,6 +665,15 @@ int ul_submit(ul_ring *r)
 
 static void recycle_buffers(ul_ring *r)
 {
+    /* Receives ran dry since the last call: double the buffers in use (up to nbufs).
+     * Few buffers keep the data the kernel writes in cache; enough of them keep a
+     * busy server out of ENOBUFS, where every multishot receive ends and re-arms. */
+    if (r->starved) {
+        r->starved = 0;
+        unsigned room = r->nbufs - r->nsupplied;
+        if (room)
+            supply_buffers(r, r->nsupplied < room ? r->nsupplied : room);
+    }
     if (!r->nrecycle)
         return;
     unsigned short tail = r->br_tail;
@@ -665,7 +698,7 @@ static unsigned cq_ready(ul_ring *r)
    ud/res/flags[*n] when its results are all in (F_MORE: notifications still due) and
    when its last CQE arrived (no F_MORE). At most one emission per CQE. */
 static void batch_cqe(ul_ring *r, const struct io_uring_cqe *cqe, uint64_t *ud, int32_t *res,
-                      uint32_t *flags, unsigned *n)
+                      uint64_t *flags, unsigned *n)
 {
     unsigned slot = (unsigned)(cqe->user_data & 0xffffffffu);
     if (!r->batches || slot >= UL_BATCH_SLOTS)
@@ -734,7 +767,7 @@ static void batch_cqe(ul_ring *r, const struct io_uring_cqe *cqe, uint64_t *ud, 
 }
 
 int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
-           uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max)
+           uint64_t *ud, int32_t *res, uint64_t *flags, unsigned max)
 {
     if (r->forked)
         return -EBADFD;
@@ -810,8 +843,16 @@ again:;
         ud[n] = cqe->user_data;
         res[n] = cqe->res;
         flags[n] = cqe->flags;
-        if ((cqe->flags & IORING_CQE_F_BUFFER) && r->nbufs && r->nrecycle < r->nbufs)
-            r->recycle[r->nrecycle++] = (unsigned short)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        if ((cqe->flags & IORING_CQE_F_BUFFER) && r->nbufs) {
+            /* the data's offset in the buffer area, for Python; the buffer goes back to
+             * the kernel at the next ul_run, once Python has read it */
+            unsigned bid = (cqe->flags >> IORING_CQE_BUFFER_SHIFT) & r->br_mask;
+            flags[n] |= (uint64_t)((size_t)bid * r->bufsize) << 32;
+            if (r->nrecycle < r->nbufs)
+                r->recycle[r->nrecycle++] = (unsigned short)bid;
+        } else if (cqe->res == -ENOBUFS && r->nbufs) {
+            r->starved = 1;
+        }
         n++;
     }
     store_release(r->cq_khead, head);

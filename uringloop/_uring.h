@@ -18,9 +18,13 @@ unsigned ul_ring_cq_entries(ul_ring *r);
 void ul_ring_mark_forked(ul_ring *r);
 int ul_probe_ops(ul_ring *r, unsigned char *supported, int n);
 
-/* Provided-buffer ring (one group per ring). */
-int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize);
+/* Provided-buffer ring (one group per ring): room for `nbufs` buffers of `bufsize`
+   bytes, `initial` of them in use at first; each ul_run after a receive ran out of
+   buffers (-ENOBUFS) doubles the number in use, up to nbufs. */
+int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize,
+                 unsigned initial);
 void *ul_pbuf_base(ul_ring *r);
+unsigned ul_pbuf_supplied(ul_ring *r);
 
 /* Registered buffers. */
 int ul_register_buffers(ul_ring *r, void **addrs, size_t *lens, unsigned n);
@@ -54,10 +58,12 @@ int ul_submit(ul_ring *r);
 
 /* Submit everything queued, wait for `wait_nr` completions (timeout_ns < 0: no limit),
    then copy up to `max` completions into the arrays. Returns the number copied, or a
-   negative errno on a fatal ring error. Buffers of the provided ring consumed by the
-   previous batch are handed back to the kernel at the start of the call. */
+   negative errno on a fatal ring error. The low 32 bits of a flags entry are the CQE's
+   flags; for a receive into the provided ring the high 32 bits are the offset of its
+   data in the buffer area. Buffers the previous batch finished with are handed back to
+   the kernel at the start of the call. */
 int ul_run(ul_ring *r, unsigned wait_nr, int64_t timeout_ns,
-           uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max);
+           uint64_t *ud, int32_t *res, uint64_t *flags, unsigned max);
 
 /* Counters: [enters, submitted, completions, overflow_flushes]. */
 void ul_counters(ul_ring *r, uint64_t *out);

@@ -23,7 +23,7 @@ from . import _caps
 from ._accept import Acceptor
 from ._datagram import DatagramMixin
 from ._readiness import ReadinessMixin
-from ._ring import BUFFER_SHIFT, F_MORE, Ring
+from ._ring import DATA_SHIFT, F_MORE, Ring
 from ._sendfile import SendfileMixin
 from ._sockops import SockOpsMixin
 from ._subprocess import SubprocessMixin
@@ -123,7 +123,7 @@ class Loop(
         def _add_callback_signalsafe(self, handle: events.Handle) -> None: ...
 
     def __init__(
-        self, *, recv_buffers: int = 512, recv_buffer_size: int = 65536,
+        self, *, recv_buffers: int = 512, recv_buffer_size: int = 262144,
         ring_entries: int = 4096, cq_entries: int = 16384,
     ) -> None:
         super().__init__()
@@ -146,6 +146,11 @@ class Loop(
                     raise ValueError(
                         f"{name} must be a power of two from {at_least} to {high}, got {value}"
                     )
+            if recv_buffers * recv_buffer_size > 0xFFFFFFFF:  # offsets are 32-bit
+                raise ValueError(
+                    f"recv_buffers x recv_buffer_size must be below 4 GiB, got "
+                    f"{recv_buffers} x {recv_buffer_size}"
+                )
             # UnsupportedError if this process cannot run a loop: io_uring_setup fails, no
             # multishot receive (probed once per process), no provided-buffer ring
             self._caps = _caps.capabilities()
@@ -183,7 +188,7 @@ class Loop(
         if not flags & F_MORE:
             self._self_armed = False
         if res > 0:
-            off = (flags >> BUFFER_SHIFT) * self._ring.recv_buffer_size
+            off = flags >> DATA_SHIFT
             for signum in self._ring.pbuf[off : off + res].tobytes():
                 if signum:
                     self._handle_signal(signum)
@@ -247,6 +252,7 @@ class Loop(
         return {
             **c,
             "inflight": len(self._ring.handlers),
+            "recv_buffers_in_use": self._ring.recv_buffers_in_use,
             "zerocopy_sends": zc[0],
             "zerocopy_notifications": zc[1],
             "copied_sends": zc[2],

@@ -29,7 +29,7 @@ from asyncio import (
 )
 from typing import TYPE_CHECKING, Any
 
-from .._ring import BUFFER_GROUP, BUFFER_SHIFT, F_BUFFER, F_MORE
+from .._ring import BUFFER_GROUP, DATA_SHIFT, F_BUFFER, F_MORE
 from .._uring import ffi, lib
 from ..zerocopy import IOV_MAX, PlainSendBatch, ZeroCopyStreamMixin, ZeroCopyWrite
 from ._socket_base import SocketLifecycleMixin
@@ -74,7 +74,7 @@ class StreamTransport(
     _start_tls_compatible = True
 
     __slots__ = (
-        "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_bufsize", "_recv_ud",
+        "__weakref__", "_sock", "_fd", "_server", "_ring", "_pbuf", "_recv_ud",
         "_send_ud", "_queue", "_buffer_size", "_send_len", "_send_inflight",
         "_zc_inflight", "_scheduled", "_eof", "_recv_armed", "_paused", "_read_eof", "_stash",
         "_closing", "_conn_lost", "_lost_called", "_lost_exc", "_finalizing", "_aborted", "_shut",
@@ -122,7 +122,6 @@ class StreamTransport(
         ring = loop._ring
         self._ring = ring
         self._pbuf = ring.pbuf
-        self._bufsize = ring.recv_buffer_size
         self._recv_ud = ring.register(self._on_recv)
         self._send_ud = ring.register(self._on_send)
         # write side
@@ -276,7 +275,7 @@ class StreamTransport(
     def _on_recv(self, res: int, flags: int) -> None:
         if res > 0 and flags & F_MORE and self._direct:
             # The hot path: data for a plain Protocol, receive still armed.
-            off = (flags >> BUFFER_SHIFT) * self._bufsize
+            off = flags >> DATA_SHIFT
             try:
                 self._protocol.data_received(self._pbuf[off : off + res].tobytes())  # type: ignore[attr-defined]
             except (SystemExit, KeyboardInterrupt):
@@ -290,7 +289,7 @@ class StreamTransport(
         if not flags & F_MORE:
             self._recv_armed = False
         if res > 0:
-            off = (flags >> BUFFER_SHIFT) * self._bufsize
+            off = flags >> DATA_SHIFT
             if self._closing:
                 pass  # closing: incoming data is dropped, as asyncio does
             elif self._paused or self._stash:
