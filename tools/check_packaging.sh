@@ -33,6 +33,11 @@ done
 # The wheel carries the compiled core and the type marker.
 grep -q "uringloop/_uring.*\.so" "$work/wheel.txt" || { echo "wheel lacks the C core" >&2; exit 1; }
 grep -q "uringloop/py.typed" "$work/wheel.txt" || { echo "wheel lacks py.typed" >&2; exit 1; }
+# The core is built for the stable ABI, and the wheel's tag says so (cp311-abi3).
+case "$(basename "$wheel")" in
+  *-cp311-abi3-*) ;;
+  *) echo "wheel is not tagged cp311-abi3: $(basename "$wheel")" >&2; exit 1 ;;
+esac
 
 smoke='
 import asyncio, uringloop, sys

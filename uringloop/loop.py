@@ -82,7 +82,7 @@ _RAW_ALLOC = ffi.new_allocator(should_clear_after_alloc=False)
 def _prime_malloc() -> None:
     """Let glibc's malloc adapt to large buffers before the first request, not after.
 
-    Received data becomes ``bytes`` of up to a receive buffer (64 KiB) and coalesced
+    Received data becomes ``bytes`` of up to a receive buffer (256 KiB) and coalesced
     writes can be larger. With glibc's start-up thresholds (mmap 128 KiB, trim 128 KiB)
     every burst of such objects frees memory at the heap top, which glibc trims and the
     next request faults back in (the cliff that makes the stdlib loop slow until its first
