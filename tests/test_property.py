@@ -25,7 +25,7 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import uringloop
@@ -186,6 +186,11 @@ async def scenario(loop: uringloop.Loop, steps: list[tuple]) -> None:
     await asyncio.sleep(0.01)
 
     expected = _pattern(0, written)
+    # Bytes from the peer that the transport never read may still have been in its
+    # socket when it closed: the kernel then resets the connection and drops what it had
+    # not sent yet (TCP's rule for a close with unread input, on every event loop). Only
+    # a transport that read everything the peer sent owes the peer every byte.
+    clean = clean and len(proto.data) == peer_sent
     if clean:
         assert len(received) == written
         assert bytes(received) == expected
@@ -208,6 +213,8 @@ async def scenario(loop: uringloop.Loop, steps: list[tuple]) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(steps=actions)
+# the peer's byte may still be unread when the socket closes behind a pending write
+@example(steps=[("write", 127974), ("close",), ("peer_send", 1)])
 def test_random_interleavings(steps: list[tuple]) -> None:
     before = set(os.listdir("/proc/self/fd"))
     loop = uringloop.Loop()
