@@ -7,6 +7,7 @@ differ (the stdlib sends synchronously from ``sendto()``), the common behaviour 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -451,42 +452,44 @@ async def test_unix_datagram_full_peer_queue_keeps_payloads(fd_guard):
             await close(tr, pr)
 
 
-async def test_unix_datagram_close_sends_parked_datagrams(fd_guard):
+@contextlib.asynccontextmanager
+async def _parked_unix_datagrams(n: int):
+    """An AF_UNIX endpoint that sent ``n`` datagrams to a receiver that reads none, so
+    some wait in the transport; yields (transport, protocol, receiver socket)."""
     with tempfile.TemporaryDirectory() as d:
         rx, path = _unix_receiver(d)
         with rx:
             tr, pr = await endpoint(remote_addr=path, family=socket.AF_UNIX)
-            for i in range(30):
+            for i in range(n):
                 tr.sendto(_payload(i))
             await asyncio.sleep(0.05)
-            tr.close()
-            await asyncio.sleep(0.05)
-            assert not pr.lost_fut.done()  # waits for the receiver
-            got: list[bytes] = []
-            await _drain_unix(rx, got, 30)
-            assert got == [_payload(i) for i in range(30)]
-            assert await asyncio.wait_for(pr.lost_fut, T) is None
-            assert pr.errors == []
+            yield tr, pr, rx
+
+
+async def test_unix_datagram_close_sends_parked_datagrams(fd_guard):
+    async with _parked_unix_datagrams(30) as (tr, pr, rx):
+        tr.close()
+        await asyncio.sleep(0.05)
+        assert not pr.lost_fut.done()  # waits for the receiver
+        got: list[bytes] = []
+        await _drain_unix(rx, got, 30)
+        assert got == [_payload(i) for i in range(30)]
+        assert await asyncio.wait_for(pr.lost_fut, T) is None
+        assert pr.errors == []
 
 
 async def test_unix_datagram_abort_drops_parked_datagrams(fd_guard):
-    with tempfile.TemporaryDirectory() as d:
-        rx, path = _unix_receiver(d)
-        with rx:
-            tr, pr = await endpoint(remote_addr=path, family=socket.AF_UNIX)
-            for i in range(30):
-                tr.sendto(_payload(i))
-            await asyncio.sleep(0.05)
-            tr.abort()
-            assert await asyncio.wait_for(pr.lost_fut, T) is None
-            got: list[bytes] = []
-            while True:
-                try:
-                    got.append(rx.recv(1000))
-                except BlockingIOError:
-                    break
-            assert 0 < len(got) < 30
-            assert got == [_payload(i) for i in range(len(got))]
+    async with _parked_unix_datagrams(30) as (tr, pr, rx):
+        tr.abort()
+        assert await asyncio.wait_for(pr.lost_fut, T) is None
+        got: list[bytes] = []
+        while True:
+            try:
+                got.append(rx.recv(1000))
+            except BlockingIOError:
+                break
+        assert 0 < len(got) < 30
+        assert got == [_payload(i) for i in range(len(got))]
 
 
 async def test_create_datagram_endpoint_with_sock(fd_guard):
