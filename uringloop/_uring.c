@@ -305,14 +305,6 @@ static void supply_buffers(ul_ring *r, unsigned n)
     store_release(&r->br->tail, r->br_tail);
 }
 
-struct ul_buf_reg {
-    uint64_t ring_addr;
-    uint32_t ring_entries;
-    uint16_t bgid;
-    uint16_t flags;
-    uint64_t resv[3];
-};
-
 int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsize,
                  unsigned initial)
 {
@@ -337,7 +329,7 @@ int ul_pbuf_init(ul_ring *r, unsigned short bgid, unsigned nbufs, unsigned bufsi
     r->recycle = calloc(nbufs, sizeof(unsigned short));
     if (!r->recycle)
         return -ENOMEM;
-    struct ul_buf_reg reg; /* io_uring_buf_reg, with the `flags` older headers lack */
+    struct io_uring_buf_reg reg;
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (uint64_t)(uintptr_t)r->br;
     reg.ring_entries = nbufs;
