@@ -1075,7 +1075,8 @@ void ul_batch_close(ul_ring *r, int slot, int64_t *out)
 }
 
 /* Checks a batch prep of n SQEs for `slot` and makes room for all of them (all or
-   nothing: never leave half a chain queued). 1: go ahead; 0: nothing to do (n == 0);
+   nothing: never leave half a chain queued). 1: go ahead, the n SQEs are already
+   counted to the batch, so the caller writes all of them; 0: nothing to do (n == 0);
    < 0: -errno. */
 static int batch_reserve(ul_ring *r, int slot, unsigned n)
 {
@@ -1093,6 +1094,8 @@ static int batch_reserve(ul_ring *r, int slot, unsigned n)
         if (r->sqe_tail - load_acquire(r->sq_khead) + n > r->sq_entries)
             return -EBUSY;
     }
+    r->batches[slot].sqes += n; /* the caller writes all n now: nothing fails after this */
+    r->batch_expect += n;
     return 1;
 }
 
@@ -1137,8 +1140,6 @@ int ul_batch_prep_sendzc(ul_ring *r, int slot, int fd, const uint64_t *addrs,
             sqe->addr_len = (unsigned short)addrlen;
         }
     }
-    r->batches[slot].sqes += n;
-    r->batch_expect += n;
     return 0;
 }
 
@@ -1155,8 +1156,6 @@ int ul_batch_prep_sendmsg(ul_ring *r, int slot, int fd, ul_dgram *d, unsigned n,
         sqe->msg_flags = MSG_NOSIGNAL;
     }
     r->batches[slot].pass_errors = 1;
-    r->batches[slot].sqes += n;
-    r->batch_expect += n;
     return 0;
 }
 
